@@ -1,0 +1,226 @@
+"""The bundle harness: every bundle under ``bundles/`` (present and future) must pass these checks.
+
+- ``verify_metadata`` against the 20240725 schema shipped in ``tests/data`` (nothing is downloaded);
+- ``verify_net_in_out`` of ``network_def`` with the shapes of ``metadata.json``;
+- the ``ConfigWorkflow`` required properties of the train, evaluate and inference workflows;
+- a one-epoch train (run from inside the bundle folder), a resumed second epoch, evaluate and inference
+  (run from a repository root) on a tiny synthetic set, as a user runs them (``python -m monai.bundle run``);
+- ``ckpt_export`` of the trained ``models/model.pt`` to TorchScript, which then runs.
+
+Every bundle follows the same conventions so that the harness can drive it: configs ``train.json``,
+``evaluate.json`` (merged over ``train.json``), ``inference.json``, ``multi_gpu_train.json``; ids
+``dataset_dir``, ``synthetic`` (the generator's arguments), ``max_epochs``, ``resume``,
+``checkpoint_dir``, ``ckpt_dir`` (holding ``model.pt``), ``output_dir`` (MLflow store for training,
+outputs for evaluate/inference), ``input_dir`` (inference input).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"
+BUNDLES = sorted(p.name for p in (ROOT / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+TINY_SYNTHETIC = {"image_size": 32, "num_train": 4, "num_val": 2, "num_test": 2}
+
+
+def configs(name: str) -> Path:
+    return ROOT / "bundles" / name / "configs"
+
+
+def test_bundles_found():
+    assert "fused_unet" in BUNDLES
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_required_files(name):
+    bundle = ROOT / "bundles" / name
+    for rel in [
+        "configs/metadata.json",
+        "configs/train.json",
+        "configs/evaluate.json",
+        "configs/inference.json",
+        "configs/multi_gpu_train.json",
+        "configs/logging.conf",
+        "docs/README.md",
+        "LICENSE",
+    ]:
+        assert (bundle / rel).is_file(), f"{name} lacks {rel}"
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_verify_metadata(name, tmp_path):
+    schema = tmp_path / "schema.json"
+    shutil.copy(SCHEMA, schema)  # an existing schema file is used as is: nothing is downloaded
+    verify_metadata(meta_file=str(configs(name) / "metadata.json"), filepath=str(schema))
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_metadata_matches_config(name):
+    meta = json.loads((configs(name) / "metadata.json").read_text())
+    parser = ConfigParser()
+    parser.read_config(str(configs(name) / "inference.json"))
+    image = meta["network_data_format"]["inputs"]["image"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert image["num_channels"] == parser["in_channels"]
+    assert pred["num_channels"] == parser["num_classes"] == len(pred["channel_def"])
+    assert "multirater-monai" in meta["required_packages_version"]
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_verify_net_in_out(name):
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(configs(name) / "metadata.json"),
+        config_file=str(configs(name) / "inference.json"),
+        device="cpu",
+    )
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+@pytest.mark.parametrize(
+    "files,workflow_type",
+    [(["train.json"], "train"), (["train.json", "evaluate.json"], "eval"), (["inference.json"], "infer")],
+)
+def test_config_workflow_properties(name, files, workflow_type):
+    workflow = ConfigWorkflow(
+        config_file=[str(configs(name) / f) for f in files],
+        meta_file=str(configs(name) / "metadata.json"),
+        logging_file=False,
+        workflow_type=workflow_type,
+    )
+    assert workflow.check_properties() in (None, [])
+
+
+def _run_bundle(cwd: Path, config_files: list[str], overrides: dict, log: Path) -> str:
+    """``python -m monai.bundle run`` as a user types it, with overrides given as one more config file."""
+    override_file = log.with_suffix(".override.json")
+    override_file.write_text(json.dumps(overrides))
+    files = [*config_files, str(override_file)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files).replace('"', "'")]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_TRACKING_URI="")
+    env.pop("MLFLOW_TRACKING_URI")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    log.write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed in {cwd}:\n{(proc.stdout + proc.stderr)[-6000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module", params=BUNDLES)
+def trained_bundle(request, tmp_path_factory):
+    """A copy of the bundle in a scratch repository, trained for one epoch and resumed for a second."""
+    name = request.param
+    repo = tmp_path_factory.mktemp(f"repo_{name}")
+    bundle = repo / "bundles" / name
+    shutil.copytree(ROOT / "bundles" / name, bundle, ignore=shutil.ignore_patterns("models", "runs", "eval"))
+    (repo / "datasets").mkdir()
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    synthetic = {f"synthetic#{k}": v for k, v in TINY_SYNTHETIC.items()}
+    overrides = {**synthetic, "dataset_dir": str(repo / "datasets" / "tiny"), "max_epochs": 1, "batch_size": 2}
+    # from inside the bundle folder, as `cd bundles/<name>; python -m monai.bundle run --config_file configs/train.json`
+    train_log = _run_bundle(bundle, ["configs/train.json"], overrides, repo / "train.log")
+    first_epoch_model = (bundle / "models" / "model.pt").read_bytes()
+    resumed = {**overrides, "max_epochs": 2, "resume": True}
+    resume_log = _run_bundle(bundle, ["configs/train.json"], resumed, repo / "resume.log")
+    return {
+        "name": name,
+        "repo": repo,
+        "bundle": bundle,
+        "overrides": overrides,
+        "train_log": train_log,
+        "resume_log": resume_log,
+        "first_epoch_model": first_epoch_model,
+    }
+
+
+@pytest.mark.slow
+def test_train_writes_model_checkpoint_and_mlflow(trained_bundle):
+    bundle = trained_bundle["bundle"]
+    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert all(v.device.type == "cpu" for v in state.values())
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(state)  # model.pt is a plain state dict of the inference network
+    assert (bundle / "runs" / "mlflow.db").is_file()
+    assert "mlflow_run_id" in trained_bundle["train_log"]
+
+
+@pytest.mark.slow
+def test_resume_continues_from_checkpoint(trained_bundle):
+    bundle = trained_bundle["bundle"]
+    checkpoints = sorted((bundle / "models" / "checkpoints").glob("*.pt"))
+    assert checkpoints, "training wrote no checkpoint to resume from"
+    ckpt = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)
+    assert ckpt["trainer"]["epoch"] == 2, "the resumed run did not continue to the second epoch"
+    log = trained_bundle["resume_log"]
+    assert "Restored all variables" in log
+    assert "Epoch: 2/2" in log and "Epoch: 1/2" not in log, "the resumed run trained epoch 1 again"
+
+
+@pytest.mark.slow
+def test_evaluate_from_repository_root(trained_bundle):
+    repo, name = trained_bundle["repo"], trained_bundle["name"]
+    files = [f"bundles/{name}/configs/train.json", f"bundles/{name}/configs/evaluate.json"]
+    overrides = {k: v for k, v in trained_bundle["overrides"].items() if k != "max_epochs"}
+    log = _run_bundle(repo, files, overrides, repo / "evaluate.log")
+    metrics_files = list((trained_bundle["bundle"] / "eval").glob("*.csv"))
+    assert metrics_files, f"evaluate wrote no metrics file:\n{log[-3000:]}"
+    summary = (trained_bundle["bundle"] / "eval" / "metrics.csv").read_text()
+    assert "dice" in summary.lower()
+
+
+@pytest.mark.slow
+def test_inference_writes_segmentations_in_input_geometry(trained_bundle, tmp_path):
+    repo, bundle, name = trained_bundle["repo"], trained_bundle["bundle"], trained_bundle["name"]
+    input_dir = repo / "datasets" / "tiny" / "images"
+    out_dir = tmp_path / "pred"
+    _run_bundle(
+        repo,
+        [f"bundles/{name}/configs/inference.json"],
+        {"input_dir": str(input_dir), "output_dir": str(out_dir)},
+        repo / "inference.log",
+    )
+    inputs = sorted(input_dir.glob("*.nii.gz"))
+    outputs = sorted(out_dir.glob("*_seg.nii.gz"))
+    assert len(outputs) == len(inputs) > 0
+    for src, seg in zip(inputs, outputs):
+        a, b = nib.load(src), nib.load(seg)
+        assert seg.name.startswith(src.name.replace(".nii.gz", ""))
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
+        values = np.unique(np.asarray(b.dataobj))
+        assert set(values.tolist()) <= set(range(ConfigParser.load_config_file(str(configs(name) / "inference.json"))["num_classes"]))
+
+
+@pytest.mark.slow
+def test_ckpt_export_torchscript(trained_bundle, tmp_path):
+    bundle = trained_bundle["bundle"]
+    ts_file = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts_file),
+        ckpt_file=str(bundle / "models" / "model.pt"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=str(bundle / "configs" / "inference.json"),
+        bundle_root=str(bundle),
+    )
+    scripted = torch.jit.load(str(ts_file))
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    image = meta["network_data_format"]["inputs"]["image"]
+    x = torch.rand(1, image["num_channels"], *image["spatial_shape"])
+    y = scripted(x)
+    assert y.shape == (1, meta["network_data_format"]["outputs"]["pred"]["num_channels"], *image["spatial_shape"])
