@@ -93,13 +93,18 @@ def test_verify_net_in_out(name):
     "files,workflow_type",
     [(["train.json"], "train"), (["train.json", "evaluate.json"], "eval"), (["inference.json"], "infer")],
 )
-def test_config_workflow_properties(name, files, workflow_type):
+def test_config_workflow_properties(name, files, workflow_type, tmp_path):
+    synthetic = {f"synthetic#{k}": v for k, v in TINY_SYNTHETIC.items()}
     workflow = ConfigWorkflow(
         config_file=[str(configs(name) / f) for f in files],
         meta_file=str(configs(name) / "metadata.json"),
         logging_file=False,
         workflow_type=workflow_type,
+        bundle_root=str(tmp_path / "bundle"),
+        dataset_dir=str(tmp_path / "data"),
+        **synthetic,
     )
+    workflow.initialize()
     assert workflow.check_properties() in (None, [])
 
 
@@ -165,7 +170,9 @@ def test_resume_continues_from_checkpoint(trained_bundle):
     checkpoints = sorted((bundle / "models" / "checkpoints").glob("*.pt"))
     assert checkpoints, "training wrote no checkpoint to resume from"
     ckpt = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)
-    assert ckpt["trainer"]["epoch"] == 2, "the resumed run did not continue to the second epoch"
+    trainer_state = ckpt["trainer"]
+    epochs_done = trainer_state["iteration"] // trainer_state["epoch_length"]
+    assert epochs_done == 2, "the resumed run did not continue to the second epoch"
     log = trained_bundle["resume_log"]
     assert "Restored all variables" in log
     assert "Epoch: 2/2" in log and "Epoch: 1/2" not in log, "the resumed run trained epoch 1 again"
