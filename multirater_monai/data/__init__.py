@@ -1,0 +1,21 @@
+"""Dataset readers, datalist builders and the synthetic multi-rater data generator."""
+
+from .synthetic import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_SPLIT_SIZES,
+    GENERATOR_VERSION,
+    assign_raters,
+    ensure_synthetic_dataset,
+    generate_synthetic_dataset,
+    make_synthetic_image,
+    synthetic_parameters,
+)
+from .datalist import (
+    DatalistError,
+    ImageGeometry,
+    check_datalist,
+    list_images,
+    load_multirater_datalist,
+    read_datalist,
+    read_geometry,
+)
