@@ -1,0 +1,137 @@
+"""Train-step time and peak memory of bundles, in 2D and 3D, relative to the fused_unet baseline.
+
+The network, loss, optimiser, batch size and patch size are read from each bundle's own
+``train.json`` (with ``3d.json`` merged over it for 3D), so the figures are those of what the bundle
+trains. Each (bundle, dims) pair runs in a fresh process: peak memory is the growth of the
+process's peak resident set over its size before the first step (CPU) or ``torch.cuda.max_memory_allocated`` (GPU) over the steps.
+Ratios are against ``fused_unet`` of the same dimensionality, measured in the same run.
+
+    python benchmarks/bench_train_step.py                      # fused_unet, 2D and 3D, CPU
+    python benchmarks/bench_train_step.py --bundles fused_unet --dims 3 --steps 20 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def measure(bundle: str, dims: int, steps: int, warmup: int, device: str) -> dict:
+    """Time ``steps`` train steps (forward, loss, backward, optimiser step) of ``bundle`` in ``dims``-D."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    configs = ROOT / "bundles" / bundle / "configs"
+    files = [str(configs / "train.json")] + ([str(configs / "3d.json")] if dims == 3 else [])
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["device"] = f"$torch.device('{device}')"
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network")
+    loss_fn = parser.get_parsed_content("loss")
+    optimizer = parser.get_parsed_content("optimizer")
+    batch, channels, classes = parser["batch_size"], parser["in_channels"], parser["num_classes"]
+    patch = parser.get_parsed_content("patch_size")
+    image = torch.randn(batch, channels, *patch, device=device)
+    target = torch.nn.functional.one_hot(torch.randint(0, classes, (batch, *patch), device=device), classes)
+    target = target.movedim(-1, 1).float()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(net(image), target)
+        loss.backward()
+        optimizer.step()
+
+    net.train()
+    # the baseline is taken before the first step, so the peak includes activations, gradients and
+    # optimiser state created by the steps
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _current_rss_mib()
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        base_mib = base / 2**20
+    else:
+        peak, base_mib = _rss_peak_mib(), base
+    return {
+        "bundle": bundle,
+        "dims": dims,
+        "device": device,
+        "batch": batch,
+        "patch": list(patch),
+        "step_ms_median": 1000 * statistics.median(times),
+        "step_ms_min": 1000 * min(times),
+        "peak_mib": peak,
+        "peak_over_idle_mib": max(peak - base_mib, 0.0),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundles", nargs="+", default=["fused_unet"])
+    parser.add_argument("--dims", nargs="+", type=int, default=[2, 3])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--single", nargs=2, metavar=("BUNDLE", "DIMS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.single:
+        print(json.dumps(measure(args.single[0], int(args.single[1]), args.steps, args.warmup, args.device)))
+        return
+
+    bundles = ["fused_unet"] + [b for b in args.bundles if b != "fused_unet"]
+    results = []
+    for dims in args.dims:
+        for bundle in bundles:
+            cmd = [sys.executable, __file__, "--single", bundle, str(dims), "--steps", str(args.steps)]
+            cmd += ["--warmup", str(args.warmup), "--device", args.device]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            results.append(json.loads(out))
+    header = f"{'bundle':<16}{'dims':>5}{'batch x patch':>22}{'step ms':>10}{'peak MiB':>10}{'x time':>8}{'x mem':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        base = next(b for b in results if b["bundle"] == "fused_unet" and b["dims"] == r["dims"])
+        shape = f"{r['batch']} x {'x'.join(map(str, r['patch']))}"
+        ratio_t = r["step_ms_median"] / base["step_ms_median"]
+        ratio_m = r["peak_over_idle_mib"] / max(base["peak_over_idle_mib"], 1e-9)
+        print(
+            f"{r['bundle']:<16}{r['dims']:>5}{shape:>22}{r['step_ms_median']:>10.1f}"
+            f"{r['peak_over_idle_mib']:>10.1f}{ratio_t:>8.2f}{ratio_m:>8.2f}"
+        )
+    print(f"device={results[0]['device']} threads={results[0]['threads']} steps={args.steps} (median step time)")
+
+
+if __name__ == "__main__":
+    main()
