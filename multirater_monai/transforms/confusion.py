@@ -1,0 +1,75 @@
+"""Dictionary transforms around confusion matrices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from multirater_monai.constants import TRUE_CM
+
+__all__ = ["ToConfusionMatrixd", "SplitOutputsd"]
+
+
+class ToConfusionMatrixd(MapTransform):
+    """Turn the datalist's ``true_cm`` (nested lists (R, L, L), ``null`` for undefined columns) into a float tensor.
+
+    ``null`` entries (a class absent from the image's truth) become NaN, which the CM error ignores.
+    """
+
+    def __init__(self, keys: KeysCollection = TRUE_CM, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if isinstance(value, torch.Tensor):
+                continue
+            array = np.array(value, dtype=object)
+            array[np.equal(array, None)] = np.nan
+            d[key] = torch.as_tensor(array.astype(np.float32))
+        return d
+
+
+class SplitOutputsd(MapTransform):
+    """Unpack a network's concatenated output maps into named entries of the data dict.
+
+    For networks that stack several outputs as channels so that a sliding-window inferer can stitch
+    them (e.g. CM-Net's ``forward_maps``). ``split`` maps a batched (B, C, *S) tensor to a dict of
+    batched tensors; each entry is stored (unbatched) under its name, and ``keys`` is replaced by the
+    entry ``pred_entry`` (the consensus logits). Meta data of the input is kept.
+
+    Args:
+        keys: the key holding the concatenated maps (usually ``"pred"``).
+        split: callable (B, C, *S) -> dict of (B, ...) tensors.
+        pred_entry: which entry replaces ``keys``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        split: Callable[[torch.Tensor], Mapping[str, torch.Tensor]],
+        pred_entry: str = "logits",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.split = split
+        self.pred_entry = pred_entry
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            maps = d[key]
+            meta = dict(maps.meta) if isinstance(maps, MetaTensor) else None
+            plain = maps.as_tensor() if isinstance(maps, MetaTensor) else torch.as_tensor(maps)
+            parts = self.split(plain[None])
+            for name, value in parts.items():
+                value = value[0]
+                d[key if name == self.pred_entry else name] = MetaTensor(value, meta=meta) if meta is not None else value
+        return d
