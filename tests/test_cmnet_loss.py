@@ -1,0 +1,150 @@
+"""CM-Net loss: hand-computed values, masking of missing raters and pixels, trace warm-up, a sanity training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from multirater_monai.losses import CMNetLoss
+from multirater_monai.networks import CMNet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation cost (large on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# 1 image, 2 raters, 2 classes, 2 pixels (1D spatial shape (2,)).
+P = torch.tensor([[0.8, 0.3], [0.2, 0.7]])  # p[class, pixel]
+A0 = torch.tensor([[0.9, 0.2], [0.1, 0.8]])  # A[noisy, true], trace 1.7
+A1 = torch.tensor([[0.6, 0.3], [0.4, 0.7]])  # trace 1.3
+# A_r · p by hand: rater 0, pixel 0: (0.9*0.8 + 0.2*0.2, 0.1*0.8 + 0.8*0.2) = (0.76, 0.24), pixel 1: (0.41, 0.59);
+# rater 1, pixel 0: (0.6*0.8 + 0.3*0.2, 0.4*0.8 + 0.7*0.2) = (0.54, 0.46), pixel 1: (0.39, 0.61).
+Q = torch.tensor([[[0.76, 0.41], [0.24, 0.59]], [[0.54, 0.39], [0.46, 0.61]]])  # q[rater, class, pixel]
+LABELS = torch.tensor([[[0, 1], [1, 1]]])  # (B=1, R=2, 2 pixels)
+
+
+def _outputs(raters=(0, 1)) -> dict:
+    cm = torch.stack([A0, A1])[list(raters)][None, ..., None].expand(-1, -1, -1, -1, 2)  # (1, R, 2, 2, 2)
+    return {"cm": cm, "rater_probs": Q[list(raters)][None]}
+
+
+def test_hand_values_are_a_times_p():
+    cm = _outputs()["cm"]
+    torch.testing.assert_close(torch.einsum("brijs,bjs->bris", cm, P[None]), Q[None])
+
+
+def test_nll_by_hand():
+    nll0 = -(math.log(0.76) + math.log(0.59)) / 2
+    nll1 = -(math.log(0.46) + math.log(0.61)) / 2
+    loss_fn = CMNetLoss(trace_weight=0.0)
+    loss = loss_fn(_outputs(), LABELS)
+    assert loss.item() == pytest.approx((nll0 + nll1) / 2, rel=1e-5)
+    assert loss_fn.last_nll.item() == pytest.approx((nll0 + nll1) / 2, rel=1e-5)
+    per_pair = CMNetLoss(trace_weight=0.0, reduction="none")(_outputs(), LABELS)
+    torch.testing.assert_close(per_pair, torch.tensor([[nll0, nll1]]))
+    summed = CMNetLoss(trace_weight=0.0, reduction="sum")(_outputs(), LABELS)
+    assert summed.item() == pytest.approx(nll0 + nll1, rel=1e-5)
+
+
+def test_trace_by_hand():
+    loss_fn = CMNetLoss(trace_weight=0.1, nll_weight=0.0)
+    loss = loss_fn(_outputs(), LABELS)
+    assert loss.item() == pytest.approx(0.1 * (1.7 + 1.3) / 2, rel=1e-5)  # mean trace over raters, not the sum
+    assert loss_fn.last_trace.item() == pytest.approx(1.5, rel=1e-5)
+    both = CMNetLoss(trace_weight=0.1)(_outputs(), LABELS)
+    assert both.item() == pytest.approx(CMNetLoss(trace_weight=0.0)(_outputs(), LABELS).item() + 0.15, rel=1e-5)
+
+
+def test_missing_rater_is_masked():
+    labels = LABELS.clone()
+    labels[:, 1] = -1  # rater 1 did not annotate
+    for weight in (0.0, 0.3):
+        masked = CMNetLoss(trace_weight=weight)(_outputs(), labels)
+        removed = CMNetLoss(trace_weight=weight)(_outputs(raters=(0,)), LABELS[:, :1])
+        assert masked.item() == pytest.approx(removed.item(), rel=1e-6)
+    assert CMNetLoss(reduction="none")(_outputs(), labels)[0, 1] == 0
+
+
+def test_ignored_pixels_are_masked():
+    labels = LABELS.clone()
+    labels[0, 0, 1] = -1  # rater 0 ignores pixel 1
+    loss = CMNetLoss(trace_weight=0.0, reduction="none")(_outputs(), labels)
+    assert loss[0, 0].item() == pytest.approx(-math.log(0.76), rel=1e-5)
+    assert loss[0, 1].item() == pytest.approx(-(math.log(0.46) + math.log(0.61)) / 2, rel=1e-5)
+
+
+def test_no_double_softmax_and_clamp():
+    # a rater who is certain and right costs ~0; one who gets probability 0 costs -log(eps), finite
+    cm = torch.eye(2)[None, None, ..., None]
+    out = {"cm": cm, "rater_probs": torch.tensor([1.0, 0.0])[None, None, :, None]}
+    assert CMNetLoss(trace_weight=0.0)(out, torch.tensor([[[0]]])).item() == pytest.approx(0.0, abs=1e-6)
+    assert CMNetLoss(trace_weight=0.0, eps=1e-7)(out, torch.tensor([[[1]]])).item() == pytest.approx(-math.log(1e-7))
+
+
+def test_shape_and_value_errors():
+    loss_fn = CMNetLoss()
+    with pytest.raises(ValueError, match="rater_labels must be"):
+        loss_fn(_outputs(), LABELS[:, :1])  # 1 rater given, the network has 2
+    with pytest.raises(ValueError, match="rater_labels must be in"):
+        loss_fn(_outputs(), torch.tensor([[[0, 2], [1, 1]]]))
+    with pytest.raises(ValueError, match="rater_labels must be in"):
+        loss_fn(_outputs(), torch.tensor([[[0, -2], [1, 1]]]))
+    with pytest.raises(ValueError, match="integer"):
+        loss_fn(_outputs(), LABELS.float() + 0.5)
+    torch.testing.assert_close(loss_fn(_outputs(), LABELS.float()), loss_fn(_outputs(), LABELS))
+
+
+def test_warmup_maximises_the_trace():
+    torch.manual_seed(0)
+    small = {"channels": (4, 8), "strides": (2,), "num_res_units": 0, "feature_channels": 4, "head_channels": 4}
+    net = CMNet(2, 1, 2, 2, cm_type="pixel", identity_init=0.0, **small)
+    image, labels = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 2, 8, 8))
+    loss_fn = CMNetLoss.warmup()
+    assert loss_fn.trace_weight == -1.0 and loss_fn.nll_weight == 0.0
+    optimizer = torch.optim.Adam(net.annotator.parameters(), lr=0.05)
+    traces = []
+    for _ in range(10):
+        optimizer.zero_grad()
+        loss_fn(net.forward_all(image), labels).backward()
+        optimizer.step()
+        traces.append(loss_fn.last_trace.item())
+    assert traces[-1] > traces[0] + 0.2
+
+
+def test_recovers_a_flipping_rater():
+    """Perfect rater 0 on every image, rater 1 always says the other class on half of them.
+
+    (With both raters on every image the problem is symmetric, consensus and flipped consensus explain
+    the labels equally well and the mean confusion matrix is not diagonally dominant, so nothing
+    identifies the truth; the images without the flipping rater break the tie.)
+    """
+    torch.manual_seed(0)
+    n, size = 8, 16
+    truth = torch.zeros(n, size, size, dtype=torch.long)
+    for b in range(n):
+        r0, c0 = torch.randint(0, 8, (2,)).tolist()
+        h, w = torch.randint(4, 9, (2,)).tolist()
+        truth[b, r0 : r0 + h, c0 : c0 + w] = 1
+    image = (2.0 * truth - 1.0)[:, None] + 0.3 * torch.randn(n, 1, size, size)
+    labels = torch.stack([truth, 1 - truth], 1)
+    labels[n // 2 :, 1] = -1
+    net = CMNet(2, 1, 2, 2, cm_type="global", channels=(4, 8), strides=(2,), num_res_units=0, feature_channels=4)
+    loss_fn = CMNetLoss(trace_weight=0.01)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss_fn(net.forward_all(image), labels).backward()
+        optimizer.step()
+    cm = net.annotator.head.matrices().detach()
+    assert cm[1, 1, 0] > 0.9 and cm[1, 0, 1] > 0.9  # the flipping rater's off-diagonal
+    assert cm[0, 0, 0] > 0.9 and cm[0, 1, 1] > 0.9  # the perfect rater stays near identity
+    with torch.no_grad():
+        accuracy = (net.eval()(image).argmax(1) == truth).float().mean()
+    assert accuracy > 0.95

@@ -1,0 +1,162 @@
+"""CM-Net network: shapes in 2D and 3D, normalised confusion matrices, init, packed maps, TorchScript."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from multirater_monai.networks import CMNet, cm_memory_elements, split_cmnet_maps
+
+SMALL = {"channels": (4, 8), "strides": (2,), "num_res_units": 1, "feature_channels": 4, "head_channels": 4}
+L, R = 3, 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation cost (large on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _net(spatial_dims: int = 2, cm_type: str = "pixel", **kwargs) -> CMNet:
+    torch.manual_seed(0)
+    args = {**SMALL, **kwargs}
+    return CMNet(spatial_dims, 1, args.pop("num_classes", L), args.pop("num_raters", R), cm_type=cm_type, **args)
+
+
+def _image(spatial_dims: int, batch: int = 2, size: int = 8) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn((batch, 1) + (size,) * spatial_dims)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("cm_type", ["pixel", "low_rank", "global"])
+@pytest.mark.parametrize("shared_trunk", [True, False])
+def test_shapes_and_normalisation(spatial_dims, cm_type, shared_trunk):
+    net = _net(spatial_dims, cm_type, shared_trunk=shared_trunk, identity_init=0.0)
+    x = _image(spatial_dims)
+    spatial = x.shape[2:]
+    out = net.forward_all(x)
+    assert set(out) == {"logits", "probs", "cm", "rater_probs"}
+    assert out["logits"].shape == (2, L) + spatial
+    assert out["probs"].shape == (2, L) + spatial
+    assert out["cm"].shape == (2, R, L, L) + spatial
+    assert out["rater_probs"].shape == (2, R, L) + spatial
+    cm = out["cm"]
+    assert (cm >= 0).all()
+    torch.testing.assert_close(cm.sum(2), torch.ones_like(cm.sum(2)))  # columns are distributions
+    torch.testing.assert_close(out["rater_probs"].sum(2), torch.ones_like(out["rater_probs"].sum(2)))
+    torch.testing.assert_close(out["probs"], torch.softmax(out["logits"], 1))
+    # rater_probs = A_r · p at every pixel
+    expected = (cm * out["probs"][:, None, None]).sum(3)
+    torch.testing.assert_close(out["rater_probs"], expected)
+    out["rater_probs"].sum().backward()  # differentiable end to end
+
+
+@pytest.mark.parametrize("cm_type", ["pixel", "low_rank", "global"])
+def test_identity_init_diagonally_dominant(cm_type):
+    delta = 3.0
+    net = _net(2, cm_type, num_classes=4, identity_init=delta)
+    cm = net.forward_all(_image(2))["cm"]
+    diag = torch.diagonal(cm, dim1=2, dim2=3).movedim(-1, 2)  # (B, R, L, *S)
+    off = cm.masked_fill(torch.eye(4, dtype=torch.bool)[:, :, None, None], -1.0).amax(2)  # per column max off-diagonal
+    assert (diag > off).all()
+    # the initial matrices are exactly softmax(delta * I) everywhere
+    expected = torch.softmax(delta * torch.eye(4), 0)[None, None, :, :, None, None].expand_as(cm)
+    torch.testing.assert_close(cm, expected)
+
+
+def test_identity_init_disabled_is_not_identity():
+    cm = _net(2, "pixel", identity_init=0.0).forward_all(_image(2))["cm"]
+    assert cm.std(dim=(-1, -2)).max() > 0  # varies over pixels: the default random init
+    assert torch.diagonal(cm, dim1=2, dim2=3).mean() < 0.7
+
+
+@pytest.mark.parametrize("cm_type", ["pixel", "low_rank", "global"])
+def test_forward_returns_only_logits(cm_type):
+    net = _net(2, cm_type).eval()
+    x = _image(2)
+    logits = net(x)
+    assert isinstance(logits, torch.Tensor)
+    torch.testing.assert_close(logits, net.forward_all(x)["logits"])
+
+
+@pytest.mark.parametrize("cm_type", ["pixel", "low_rank", "global"])
+def test_forward_maps_round_trip(cm_type):
+    net = _net(2, cm_type, shared_trunk=False).eval()
+    x = _image(2)
+    maps = net.forward_maps(x)
+    assert maps.shape == (2, L + R * L + R * L * L, 8, 8)
+    parts, out = split_cmnet_maps(maps, L, R), net.forward_all(x)
+    assert set(parts) == set(out)
+    for key in out:
+        torch.testing.assert_close(parts[key], out[key])
+    with pytest.raises(ValueError, match="maps must be"):
+        split_cmnet_maps(maps, L, R + 1)
+
+
+def test_forward_maps_with_sliding_window():
+    net = _net(2, "pixel").eval()
+    x = _image(2, batch=1, size=16)
+    inferer = SlidingWindowInferer(roi_size=(8, 8), sw_batch_size=2, overlap=0.5, mode="gaussian")
+    with torch.no_grad():
+        parts = split_cmnet_maps(inferer(x, net.forward_maps), L, R)
+    assert parts["cm"].shape == (1, R, L, L, 16, 16)
+    torch.testing.assert_close(parts["cm"].sum(2), torch.ones(1, R, L, 16, 16))
+    torch.testing.assert_close(parts["rater_probs"].sum(2), torch.ones(1, R, 16, 16))
+
+
+@pytest.mark.parametrize("cm_type", ["pixel", "low_rank", "global"])
+def test_torchscript(cm_type):
+    net = _net(2, cm_type, shared_trunk=cm_type != "pixel").eval()
+    x = _image(2)
+    scripted = torch.jit.script(net)
+    torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_low_rank_head_smaller_than_pixel_head():
+    def head_parameters(cm_type):
+        net = _net(2, cm_type, num_classes=4, rank=1)
+        return sum(p.numel() for p in net.annotator.head.parameters())
+
+    assert head_parameters("low_rank") < head_parameters("pixel")
+
+
+def test_global_cm_identical_across_pixels_and_images():
+    net = _net(3, "global")
+    with torch.no_grad():
+        net.annotator.head.scores.add_(torch.randn_like(net.annotator.head.scores))
+    cm = net.forward_all(_image(3))["cm"]
+    reference = net.annotator.head.matrices()
+    torch.testing.assert_close(cm, reference[None, ..., None, None, None].expand_as(cm))
+    assert cm.stride(0) == 0 and cm.stride(-1) == 0  # an expand, not a copy
+
+
+def test_parameter_groups_and_separate_trunk():
+    shared = _net(2, "pixel", shared_trunk=True)
+    separate = _net(2, "pixel", shared_trunk=False)
+    prefixes = {name.split(".")[0] for name, _ in separate.named_parameters()}
+    assert prefixes == {"segmentation", "seg_head", "annotator"}
+    assert not any(n.startswith("annotator.features") for n, _ in shared.named_parameters())
+    assert any(n.startswith("annotator.features") for n, _ in separate.named_parameters())
+    # global matrices use no features: no annotator network either way
+    glob = _net(2, "global", shared_trunk=False)
+    assert [n for n, _ in glob.named_parameters() if n.startswith("annotator")] == ["annotator.head.scores"]
+
+
+def test_cm_memory_elements():
+    assert cm_memory_elements("pixel", 4, 3, (10, 10)) == 3 * 100 * 16
+    assert cm_memory_elements("low_rank", 4, 3, 100, rank=1) == 3 * 2 * 100 * 4
+    assert cm_memory_elements("global", 4, 3, (10, 10, 10)) == 3 * 16
+    with pytest.raises(ValueError):
+        cm_memory_elements("dense", 4, 3, 100)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="cm_type"):
+        _net(2, "dense")
+    with pytest.raises(ValueError, match="rank"):
+        _net(2, "low_rank", rank=0)
