@@ -77,3 +77,13 @@ def test_save_rater_maps_and_figure(tmp_path):
     )
     png = tmp_path / "case_7_cm.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_image_confusion_matrix_from_pixelwise():
+    from multirater_monai.transforms import ImageConfusionMatrixd
+
+    gt = torch.tensor([[[0, 1, 1], [0, 0, 1]]])
+    out = ImageConfusionMatrixd(keys="cm", label_key="gt")({"cm": _cms(), "gt": gt})["cm_image"]
+    assert out.shape == (2, 2, 2)
+    torch.testing.assert_close(out[1], torch.tensor([[0.7, 0.4], [0.3, 0.6]]))
+    torch.testing.assert_close(out[0], torch.eye(2))

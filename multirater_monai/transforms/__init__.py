@@ -23,4 +23,4 @@ from .raters import (
 )
 from .fusion import FuseRatersd
 from .rater_labels import LoadRaterLabelsd, RaterMaskd, rater_mask_of
-from .confusion import SplitOutputsd, ToConfusionMatrixd
+from .confusion import ImageConfusionMatrixd, SplitOutputsd, ToConfusionMatrixd

@@ -13,7 +13,7 @@ from monai.transforms import MapTransform
 
 from multirater_monai.constants import TRUE_CM
 
-__all__ = ["ToConfusionMatrixd", "SplitOutputsd"]
+__all__ = ["ToConfusionMatrixd", "SplitOutputsd", "ImageConfusionMatrixd"]
 
 
 class ToConfusionMatrixd(MapTransform):
@@ -72,4 +72,38 @@ class SplitOutputsd(MapTransform):
             for name, value in parts.items():
                 value = value[0]
                 d[key if name == self.pred_entry else name] = MetaTensor(value, meta=meta) if meta is not None else value
+        return d
+
+
+class ImageConfusionMatrixd(MapTransform):
+    """Aggregate pixel-wise confusion matrices (R, L, L, *S) into image-level ones (R, L, L).
+
+    Column ``j`` is the mean of the pixel-wise column ``j`` over the voxels whose reference class is ``j``
+    (:func:`multirater_monai.metrics.pixelwise_to_image_cm`), comparable to a rater's empirical CM
+    against the same reference; NaN for classes absent from the reference.
+
+    Args:
+        keys: the pixel-wise CM key.
+        label_key: the reference: (1, *S)/(*S) class indices, or (L, *S) one-hot/probabilities (argmax).
+        output_key: where to store the (R, L, L) matrices.
+    """
+
+    def __init__(
+        self, keys: KeysCollection = "cm", label_key: str = "gt", output_key: str = "cm_image", allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_key = label_key
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from multirater_monai.metrics import pixelwise_to_image_cm
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            cm = torch.as_tensor(d[key]).float()
+            label = torch.as_tensor(d[self.label_key])
+            if label.ndim == cm.ndim - 2 and label.shape[0] > 1:
+                label = label.argmax(0)
+            label = label.reshape(cm.shape[3:])
+            d[self.output_key] = pixelwise_to_image_cm(cm[None], label[None], cm.shape[1])[0]
         return d
