@@ -8,6 +8,7 @@ Ratios are against ``fused_unet`` of the same dimensionality, measured in the sa
 
     python benchmarks/bench_train_step.py                      # fused_unet, 2D and 3D, CPU
     python benchmarks/bench_train_step.py --bundles fused_unet --dims 3 --steps 20 --device cuda
+    python benchmarks/bench_train_step.py --bundles cmnet cmnet:cm_type=global cmnet:cm_type=low_rank,rank=1
 """
 
 from __future__ import annotations
@@ -34,8 +35,22 @@ def _current_rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def measure(bundle: str, dims: int, steps: int, warmup: int, device: str) -> dict:
-    """Time ``steps`` train steps (forward, loss, backward, optimiser step) of ``bundle`` in ``dims``-D."""
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``"cmnet:cm_type=low_rank,rank=2"`` -> ``("cmnet", {"cm_type": "low_rank", "rank": 2})``."""
+    bundle, _, rest = spec.partition(":")
+    overrides = {}
+    for pair in filter(None, rest.split(",")):
+        key, _, value = pair.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return bundle, overrides
+
+
+def measure(spec: str, dims: int, steps: int, warmup: int, device: str) -> dict:
+    """Time ``steps`` train steps (forward, loss, backward, optimiser step) of a bundle variant in ``dims``-D."""
+    bundle, overrides = parse_spec(spec)
     import torch
     from monai.bundle import ConfigParser
 
@@ -44,6 +59,8 @@ def measure(bundle: str, dims: int, steps: int, warmup: int, device: str) -> dic
     parser = ConfigParser()
     parser.read_config(files)
     parser["device"] = f"$torch.device('{device}')"
+    for key, value in overrides.items():
+        parser[key] = value
     torch.manual_seed(0)
     net = parser.get_parsed_content("network")
     loss_fn = parser.get_parsed_content("loss")
@@ -51,12 +68,20 @@ def measure(bundle: str, dims: int, steps: int, warmup: int, device: str) -> dic
     batch, channels, classes = parser["batch_size"], parser["in_channels"], parser["num_classes"]
     patch = parser.get_parsed_content("patch_size")
     image = torch.randn(batch, channels, *patch, device=device)
-    target = torch.nn.functional.one_hot(torch.randint(0, classes, (batch, *patch), device=device), classes)
-    target = target.movedim(-1, 1).float()
+    if parser.get("train#prepare_batch#label_key") == "label":
+        # multi-rater loss: all the network's outputs against the (B, R, *S) rater labels
+        raters = parser["num_raters"]
+        target = torch.randint(0, classes, (batch, raters, *patch), device=device)
+        forward = net.forward_all
+    else:
+        # loss on a fused (B, L, *S) target
+        target = torch.nn.functional.one_hot(torch.randint(0, classes, (batch, *patch), device=device), classes)
+        target = target.movedim(-1, 1).float()
+        forward = net
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(image), target)
+        loss = loss_fn(forward(image), target)
         loss.backward()
         optimizer.step()
 
@@ -84,7 +109,7 @@ def measure(bundle: str, dims: int, steps: int, warmup: int, device: str) -> dic
     else:
         peak, base_mib = _rss_peak_mib(), base
     return {
-        "bundle": bundle,
+        "bundle": spec,
         "dims": dims,
         "device": device,
         "batch": batch,
@@ -118,7 +143,7 @@ def main() -> None:
             cmd += ["--warmup", str(args.warmup), "--device", args.device]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             results.append(json.loads(out))
-    header = f"{'bundle':<16}{'dims':>5}{'batch x patch':>22}{'step ms':>10}{'peak MiB':>10}{'x time':>8}{'x mem':>8}"
+    header = f"{'bundle':<34}{'dims':>5}{'batch x patch':>22}{'step ms':>10}{'peak MiB':>10}{'x time':>8}{'x mem':>8}"
     print(header)
     print("-" * len(header))
     for r in results:
@@ -127,7 +152,7 @@ def main() -> None:
         ratio_t = r["step_ms_median"] / base["step_ms_median"]
         ratio_m = r["peak_over_idle_mib"] / max(base["peak_over_idle_mib"], 1e-9)
         print(
-            f"{r['bundle']:<16}{r['dims']:>5}{shape:>22}{r['step_ms_median']:>10.1f}"
+            f"{r['bundle']:<34}{r['dims']:>5}{shape:>22}{r['step_ms_median']:>10.1f}"
             f"{r['peak_over_idle_mib']:>10.1f}{ratio_t:>8.2f}{ratio_m:>8.2f}"
         )
     print(f"device={results[0]['device']} threads={results[0]['threads']} steps={args.steps} (median step time)")

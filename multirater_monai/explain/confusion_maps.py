@@ -188,19 +188,13 @@ class SaveConfusionFigured(MapTransform):
         self.meta_key = meta_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from multirater_monai.metrics import pixelwise_to_image_cm
-
         import matplotlib.pyplot as plt
+
+        from multirater_monai.transforms.confusion import image_confusion_matrix
 
         d = dict(data)
         for key in self.key_iterator(d):
-            cm = torch.as_tensor(d[key]).float()
-            label = torch.as_tensor(d[self.label_key])
-            spatial = cm.ndim - 3
-            if label.ndim == spatial + 1 and label.shape[0] > 1:
-                label = label.argmax(0)
-            label = label.reshape(cm.shape[3:])
-            image_cm = pixelwise_to_image_cm(cm[None], label[None], cm.shape[1])[0].cpu().numpy()
+            image_cm = image_confusion_matrix(d[key], d[self.label_key]).cpu().numpy()
             meta = d[self.meta_key].meta if isinstance(d[self.meta_key], MetaTensor) else {}
             case = _case_name(meta)
             fig = plot_confusion_matrices(image_cm, self.rater_names, self.class_names, title=case)

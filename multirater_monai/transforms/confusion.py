@@ -13,7 +13,7 @@ from monai.transforms import MapTransform
 
 from multirater_monai.constants import TRUE_CM
 
-__all__ = ["ToConfusionMatrixd", "SplitOutputsd", "ImageConfusionMatrixd"]
+__all__ = ["ToConfusionMatrixd", "SplitOutputsd", "ImageConfusionMatrixd", "image_confusion_matrix"]
 
 
 class ToConfusionMatrixd(MapTransform):
@@ -96,14 +96,24 @@ class ImageConfusionMatrixd(MapTransform):
         self.output_key = output_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from multirater_monai.metrics import pixelwise_to_image_cm
-
         d = dict(data)
         for key in self.key_iterator(d):
-            cm = torch.as_tensor(d[key]).float()
-            label = torch.as_tensor(d[self.label_key])
-            if label.ndim == cm.ndim - 2 and label.shape[0] > 1:
-                label = label.argmax(0)
-            label = label.reshape(cm.shape[3:])
-            d[self.output_key] = pixelwise_to_image_cm(cm[None], label[None], cm.shape[1])[0]
+            d[self.output_key] = image_confusion_matrix(d[key], d[self.label_key])
         return d
+
+
+def image_confusion_matrix(cm: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Image-level confusion matrices (R, L, L) from pixel-wise ones (R, L, L, *S) against a reference.
+
+    Args:
+        cm: (R, L, L, *S) pixel-wise confusion matrices.
+        label: the reference: (1, *S)/(*S) class indices, or (L, *S) one-hot/probabilities (argmax taken).
+    """
+    from multirater_monai.metrics import pixelwise_to_image_cm
+
+    cm = torch.as_tensor(cm).float()
+    label = torch.as_tensor(label)
+    if label.ndim == cm.ndim - 2 and label.shape[0] > 1:
+        label = label.argmax(0)
+    label = label.reshape(cm.shape[3:])
+    return pixelwise_to_image_cm(cm[None], label[None], cm.shape[1])[0]
