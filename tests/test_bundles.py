@@ -292,3 +292,24 @@ def test_quickstart_trains_and_evaluates(tmp_path):
     assert (tmp_path / "datasets" / "synthetic_2d" / "datalist.json").is_file()  # generated on first use
     assert (bundle / "models" / "model.pt").is_file() and (bundle / "eval" / "metrics.csv").is_file()
     assert "mlflow_run_id" in out and str(bundle / "runs" / "mlflow.db") in out
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bad_datalist_fails_before_training(name, tmp_path):
+    """A datalist with another rater count than the config's stops the run with a clear error, naming the file."""
+    from multirater_monai.data import DatalistError, generate_synthetic_dataset
+
+    datalist = generate_synthetic_dataset(
+        tmp_path / "three_raters", image_size=16, num_train=3, num_val=1, num_test=1, raters=["good", "over", "under"]
+    )
+    parser = ConfigParser()
+    parser.read_config(str(configs(name) / "train.json"))
+    parser.update({"datalist": str(datalist), "bundle_root": str(tmp_path / "bundle")})
+    with pytest.raises(Exception) as err:  # MONAI's config parser wraps it in a RuntimeError
+        parser.get_parsed_content("train#trainer")
+    cause = err.value
+    while cause is not None and not isinstance(cause, DatalistError):
+        cause = cause.__cause__
+    assert cause is not None, f"not a DatalistError: {err.value!r}"
+    assert str(datalist) in str(cause) and "the datalist has 3 raters ['good', 'over', 'under']" in str(cause)
+    assert "expects 5" in str(cause)

@@ -18,6 +18,7 @@ which reads every file once and reports every problem it finds (file and reason)
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,10 +42,15 @@ __all__ = [
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 _MAX_REPORTED = 25
+logger = logging.getLogger(__name__)
 
 
 class DatalistError(ValueError):
-    """A datalist or a file it names is unusable; the message lists every problem with its file."""
+    """A datalist or a file it names is unusable; the message lists every problem with its file.
+
+    The message is also logged as an error when the exception is made, so that a user of
+    ``python -m monai.bundle run`` reads it first, above the config parser's traceback.
+    """
 
     def __init__(self, problems: Sequence[str], datalist: str | os.PathLike | None = None):
         self.problems = list(problems)
@@ -52,6 +58,7 @@ class DatalistError(ValueError):
         shown = "\n  - ".join(self.problems[:_MAX_REPORTED])
         more = f"\n  ... and {len(self.problems) - _MAX_REPORTED} more" if len(self.problems) > _MAX_REPORTED else ""
         super().__init__(f"{len(self.problems)} problem(s){where}:\n  - {shown}{more}")
+        logger.error(str(self))
 
 
 def read_datalist(datalist_file: str | os.PathLike) -> dict[str, Any]:
