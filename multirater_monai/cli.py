@@ -3,6 +3,7 @@
 Subcommands:
     ``multirater synthesize``  write a synthetic multi-rater dataset (NIfTI + datalist JSON).
     ``multirater quickstart``  train and evaluate a bundle on the synthetic data, print where results are.
+    ``multirater prepare``     read a real dataset (LIDC-IDRI, BraTS, QUBIQ, MS lesions), check it, write a datalist.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def _build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--bundle", default="fused_unet", help="bundle folder name under bundles/")
     quick.add_argument("--max-epochs", type=int, default=None, help="override the bundle's max_epochs")
     quick.set_defaults(func=_quickstart)
+
+    from multirater_monai.data.real.command import add_prepare_parser
+
+    add_prepare_parser(sub)
     return parser
 
 

@@ -19,3 +19,4 @@ from .datalist import (
     read_datalist,
     read_geometry,
 )
+from .real import PrepareError, PrepareReport, prepare_dataset
