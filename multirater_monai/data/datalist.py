@@ -138,6 +138,7 @@ def load_multirater_datalist(
             spatial_dims=spatial_dims,
             datalist_file=datalist_file,
             section=section,
+            require_rater_coverage=section == "training",
         )
     return resolved
 
@@ -242,6 +243,7 @@ def check_datalist(
     datalist_file: str | os.PathLike | None = None,
     section: str | None = None,
     require_labels: bool = True,
+    require_rater_coverage: bool = True,
 ) -> None:
     """Check every item of a (path-resolved) multi-rater datalist section; raise one error listing all problems.
 
@@ -249,9 +251,11 @@ def check_datalist(
     ``spatial_dims`` spatial axes; each rater file and the truth have the image's spatial shape and geometry
     (affine); the item names ``num_raters`` rater entries, at least one of which annotates the image; label
     values are class indices in ``0..num_classes-1`` (a map entirely ``-1`` counts as not annotated); every
-    rater annotates at least one image of the section.
+    rater annotates at least one image of the section (a rater with no label cannot be learned).
 
-    With ``require_labels=False`` an item may hold an image only (inference).
+    With ``require_labels=False`` an item may hold an image only (inference); with
+    ``require_rater_coverage=False`` a rater may be absent from the whole section (validation/test
+    splits of datasets whose raters annotate few cases).
 
     Raises:
         DatalistError: listing each problem as ``<file>: <what is wrong>``.
@@ -327,7 +331,7 @@ def check_datalist(
                 problems.append(f"{gt}: truth file not found ({image_files[0]})")
             elif _check_same_geometry(gt, image_geom, image_spatial, sd, "truth", problems) and check_values:
                 _check_label_values(gt, num_classes, problems)
-    if rater_annotations is not None and check_values and all(LABEL in i for i in items):
+    if rater_annotations is not None and require_rater_coverage and check_values and all(LABEL in i for i in items):
         for r in np.flatnonzero(rater_annotations == 0):
             problems.append(f"{where}: rater {r} has no annotation on any image of this section")
     if problems:
