@@ -63,7 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     syn.set_defaults(func=_synthesize)
 
     quick = sub.add_parser("quickstart", help="train + evaluate a bundle on the synthetic data")
-    quick.add_argument("--bundle", default="fused_unet", help="bundle folder name under bundles/")
+    quick.add_argument("--bundle", default="cmnet", help="bundle folder name under bundles/")
     quick.add_argument("--max-epochs", type=int, default=None, help="override the bundle's max_epochs")
     quick.set_defaults(func=_quickstart)
 

@@ -282,8 +282,8 @@ def test_multi_gpu_config_runs_ddp_on_cpu(name, tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_trains_and_evaluates(tmp_path):
-    """The README's main job, `multirater quickstart`, on a scratch copy of the repository (one epoch)."""
-    bundle = _scratch_repo("fused_unet", tmp_path)
+    """The README's main job, `multirater quickstart` (CM-Net by default), on a scratch copy of the repository."""
+    bundle = _scratch_repo("cmnet", tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = [sys.executable, "-m", "multirater_monai.cli", "quickstart", "--max-epochs", "1"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

@@ -22,7 +22,7 @@ def find_repository_bundle(bundle: str) -> Path:
     )
 
 
-def run_quickstart(bundle: str = "fused_unet", max_epochs: int | None = None) -> None:
+def run_quickstart(bundle: str = "cmnet", max_epochs: int | None = None) -> None:
     """Train ``bundle`` on its default synthetic data, evaluate it on the test split, print where results are.
 
     Equivalent to, from the repository root::
