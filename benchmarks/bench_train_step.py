@@ -4,7 +4,8 @@ The network, loss, optimiser, batch size and patch size are read from each bundl
 ``train.json`` (with ``3d.json`` merged over it for 3D), so the figures are those of what the bundle
 trains. Each (bundle, dims) pair runs in a fresh process: peak memory is the growth of the
 process's peak resident set over its size before the first step (CPU) or ``torch.cuda.max_memory_allocated`` (GPU) over the steps.
-Ratios are against ``fused_unet`` of the same dimensionality, measured in the same run.
+Ratios are against ``fused_unet`` of the same dimensionality and number of classes, measured in the
+same run.
 
     python benchmarks/bench_train_step.py                      # fused_unet, 2D and 3D, CPU
     python benchmarks/bench_train_step.py --bundles fused_unet --dims 3 --steps 20 --device cuda
@@ -135,7 +136,10 @@ def main() -> None:
         print(json.dumps(measure(args.single[0], int(args.single[1]), args.steps, args.warmup, args.device)))
         return
 
-    bundles = ["fused_unet"] + [b for b in args.bundles if b != "fused_unet"]
+    # every variant is compared with the baseline of the same number of classes
+    classes = {parse_spec(b)[1].get("num_classes") for b in args.bundles}
+    baselines = ["fused_unet" if c is None else f"fused_unet:num_classes={c}" for c in sorted(classes, key=str)]
+    bundles = baselines + [b for b in args.bundles if b not in baselines]
     results = []
     for dims in args.dims:
         for bundle in bundles:
@@ -147,7 +151,9 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for r in results:
-        base = next(b for b in results if b["bundle"] == "fused_unet" and b["dims"] == r["dims"])
+        c = parse_spec(r["bundle"])[1].get("num_classes")
+        base_spec = "fused_unet" if c is None else f"fused_unet:num_classes={c}"
+        base = next(b for b in results if b["bundle"] == base_spec and b["dims"] == r["dims"])
         shape = f"{r['batch']} x {'x'.join(map(str, r['patch']))}"
         ratio_t = r["step_ms_median"] / base["step_ms_median"]
         ratio_m = r["peak_over_idle_mib"] / max(base["peak_over_idle_mib"], 1e-9)

@@ -37,7 +37,11 @@ __all__ = [
     "read_geometry",
     "ImageGeometry",
     "list_images",
+    "dump_datalist",
+    "SPLITS",
 ]
+
+SPLITS = ("training", "validation", "test")
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
@@ -378,3 +382,15 @@ def list_images(
         require_labels=False,
     )
     return files
+
+
+def dump_datalist(datalist: dict[str, Any]) -> str:
+    """JSON text of a datalist: one line per top-level entry and per item of a split (diff-friendly, stable)."""
+    entries = []
+    for key, value in datalist.items():
+        if key in SPLITS and value:
+            lines = ",\n".join(f"  {json.dumps(item)}" for item in value)
+            entries.append(f" {json.dumps(key)}: [\n{lines}\n ]")
+        else:
+            entries.append(f" {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(entries) + "\n}\n"

@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from multirater_monai.data.datalist import SPLITS, dump_datalist
 from multirater_monai.metrics.confusion import empirical_confusion_matrix
 from multirater_monai.transforms.raters import DEFAULT_RATERS, dilate_mask, make_rater, rater_rng
 
@@ -52,7 +53,6 @@ DEFAULT_SPLIT_SIZES = {2: (200, 40, 40), 3: (48, 12, 12)}
 a few minutes."""
 
 DATALIST_NAME = "datalist.json"
-_SPLITS = ("training", "validation", "test")
 _SPLIT_PREFIX = {"training": "train", "validation": "val", "test": "test"}
 # Stream tags of the seed sequences (numpy zero-pads short seed sequences, so each stream has a tag
 # in second position; rater streams use tag 2, see ``rater_rng``).
@@ -278,7 +278,7 @@ def _write_dataset(root: Path, params: dict[str, Any]) -> None:
     }
     sizes = (params["num_train"], params["num_val"], params["num_test"])
     case_index = 0
-    for split_index, (split, size) in enumerate(zip(_SPLITS, sizes)):
+    for split_index, (split, size) in enumerate(zip(SPLITS, sizes)):
         if k is None:
             kept = np.ones((size, len(raters)), dtype=bool)
         else:
@@ -305,19 +305,7 @@ def _write_dataset(root: Path, params: dict[str, Any]) -> None:
             )
             case_index += 1
         datalist[split] = items
-    (root / DATALIST_NAME).write_text(_dump_datalist(datalist))
-
-
-def _dump_datalist(datalist: dict[str, Any]) -> str:
-    """JSON text of a datalist: one line per top-level entry and per item of a split."""
-    entries = []
-    for key, value in datalist.items():
-        if key in _SPLITS and value:
-            lines = ",\n".join(f"  {json.dumps(item)}" for item in value)
-            entries.append(f" {json.dumps(key)}: [\n{lines}\n ]")
-        else:
-            entries.append(f" {json.dumps(key)}: {json.dumps(value)}")
-    return "{\n" + ",\n".join(entries) + "\n}\n"
+    (root / DATALIST_NAME).write_text(dump_datalist(datalist))
 
 
 def _existing_parameters(folder: Path) -> dict[str, Any] | None:

@@ -6,9 +6,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from multirater_monai.data.datalist import SPLITS
+
 __all__ = ["SPLITS", "DEFAULT_FRACTIONS", "split_groups"]
 
-SPLITS = ("training", "validation", "test")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 """Default (training, validation, test) shares of the groups."""
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from multirater_monai.constants import GT, IMAGE, LABEL
-from multirater_monai.data.datalist import DatalistError, load_multirater_datalist
+from multirater_monai.data.datalist import DatalistError, dump_datalist, load_multirater_datalist
 from multirater_monai.data.real.arrays import fingerprint, write_nifti
 from multirater_monai.data.real.core import (
     CaseError,
@@ -195,18 +195,6 @@ def bundle_overlay(spec: DatasetSpec, dst: Path, patch_size: Sequence[int]) -> d
     return overlay
 
 
-def _dump(datalist: dict[str, Any]) -> str:
-    """JSON text of a datalist: one line per top-level entry and per item of a split."""
-    entries = []
-    for key, value in datalist.items():
-        if key in SPLITS and value:
-            lines = ",\n".join(f"  {json.dumps(item)}" for item in value)
-            entries.append(f" {json.dumps(key)}: [\n{lines}\n ]")
-        else:
-            entries.append(f" {json.dumps(key)}: {json.dumps(value)}")
-    return "{\n" + ",\n".join(entries) + "\n}\n"
-
-
 def _stop(tmp: Path, message: str, report: PrepareReport) -> PrepareError:
     shutil.rmtree(tmp, ignore_errors=True)
     report.written = False
@@ -344,7 +332,7 @@ def write_prepared(
         "split": {"seed": int(seed), "attempt": attempt, "fractions": [float(f) for f in fractions], "unit": "group"},
         **{s: sections[s] for s in SPLITS},
     }
-    (tmp / DATALIST_NAME).write_text(_dump(datalist))
+    (tmp / DATALIST_NAME).write_text(dump_datalist(datalist))
     for folder in ("images", "labels", "gt"):
         if not any((tmp / folder).iterdir()):
             (tmp / folder).rmdir()
