@@ -108,6 +108,13 @@ def test_config_workflow_properties(name, files, workflow_type, tmp_path):
     assert workflow.check_properties() in (None, [])
 
 
+def _failure_report(output: str, tail: int = 4000) -> str:
+    """The error lines of a failed run (every rank's, under torchrun) followed by the end of its output: a
+    plain tail shows only the rank that failed last, not the root cause."""
+    errors = [line for line in output.splitlines() if "Error" in line or "Exception" in line]
+    return "error lines:\n" + "\n".join(dict.fromkeys(errors))[:6000] + "\n\nend of output:\n" + output[-tail:]
+
+
 def _run_bundle(cwd: Path, config_files: list[str], overrides: dict, log: Path) -> str:
     """``python -m monai.bundle run`` as a user types it, with overrides given as one more config file."""
     override_file = log.with_suffix(".override.json")
@@ -118,7 +125,7 @@ def _run_bundle(cwd: Path, config_files: list[str], overrides: dict, log: Path) 
     env.pop("MLFLOW_TRACKING_URI")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     log.write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed in {cwd}:\n{(proc.stdout + proc.stderr)[-6000:]}"
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed in {cwd}:\n{_failure_report(proc.stdout + proc.stderr)}"
     return proc.stdout + proc.stderr
 
 
@@ -271,12 +278,14 @@ def test_multi_gpu_config_runs_ddp_on_cpu(name, tmp_path):
     overrides = {**synthetic, "dataset_dir": str(tmp_path / "datasets" / "tiny"), "max_epochs": 1, "batch_size": 2}
     (tmp_path / "override.json").write_text(json.dumps(overrides))
     files = [f"bundles/{name}/configs/train.json", f"bundles/{name}/configs/multi_gpu_train.json", "override.json"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
+    # --standalone: a local rendezvous on a free port, so nothing else on the machine can hold it
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
     cmd += ["--config_file", json.dumps(files).replace('"', "'")]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    (tmp_path / "torchrun.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, _failure_report(proc.stdout + proc.stderr)
     assert (bundle / "models" / "model.pt").is_file()
 
 

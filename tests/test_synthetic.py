@@ -129,10 +129,31 @@ def test_ensure_reuses_and_checks_parameters(tmp_path):
         ensure_synthetic_dataset(root, **{**TINY[2], "num_train": 4})
     with pytest.raises(FileExistsError):
         generate_synthetic_dataset(root, seed=9, **TINY[2])
-    assert generate_synthetic_dataset(root, **TINY[2]) == path  # same parameters: regenerated in place
+    assert generate_synthetic_dataset(root, **TINY[2]) == path and path.stat().st_mtime_ns == stamp  # kept
     empty = tmp_path / "empty"
     empty.mkdir()
     assert ensure_synthetic_dataset(empty, **TINY[2]).is_file()
+
+
+def test_concurrent_generation_keeps_the_first_dataset(tmp_path, monkeypatch):
+    """Two processes (e.g. the ranks of a torchrun job) generating the same dataset at once: the one that
+    finishes second must not replace the folder the first is already reading from."""
+    root = tmp_path / "data"
+    write = synthetic._write_dataset
+    other = {}
+
+    def racing(folder, params):
+        write(folder, params)
+        if not other:  # another process finishes while this one is still writing
+            monkeypatch.setattr(synthetic, "_write_dataset", write)
+            other["path"] = generate_synthetic_dataset(root, **TINY[2])
+            other["inode"] = root.stat().st_ino
+
+    monkeypatch.setattr(synthetic, "_write_dataset", racing)
+    assert ensure_synthetic_dataset(root, **TINY[2]) == other["path"]
+    assert root.stat().st_ino == other["inode"]  # not swapped under the first process
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temporary folder left
+    assert ensure_synthetic_dataset(root, **TINY[2]) == other["path"]
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):

@@ -320,6 +320,33 @@ def _is_empty_or_missing(folder: Path) -> bool:
     return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
 
 
+def _move_into_place(tmp: Path, out: Path, params: dict[str, Any]) -> None:
+    """Rename the finished dataset ``tmp`` to ``out`` in one step.
+
+    A dataset already at ``out`` with the same parameters (written meanwhile by another process, e.g. the
+    other DDP ranks of a ``torchrun`` job, or generated earlier) is kept as it is: replacing it would pull
+    the files from under a process that is reading them. ``rename`` replaces a missing or empty folder
+    atomically, so readers see either nothing or the whole dataset.
+    """
+    if _existing_parameters(out) == params:
+        return
+    try:
+        os.replace(tmp, out)
+        return
+    except OSError:
+        pass
+    if _existing_parameters(out) == params:  # another process won the race with the same dataset
+        return
+    if out.is_dir() and not any(out.iterdir()):  # an empty folder that rename cannot replace on this platform
+        out.rmdir()
+        os.replace(tmp, out)
+        return
+    raise FileExistsError(
+        f"'{out}' was filled by something other than this synthetic dataset while it was being generated; "
+        "choose a new or empty folder."
+    )
+
+
 def generate_synthetic_dataset(
     output_dir: str | os.PathLike,
     spatial_dims: int = 2,
@@ -372,7 +399,7 @@ def generate_synthetic_dataset(
 
     Args:
         output_dir: folder to create; it must be missing, empty, or hold a synthetic dataset generated
-            with the same parameters (which is then regenerated).
+            with the same parameters (which is then kept as it is).
         spatial_dims: 2 or 3.
         num_classes: ``L`` including background (2 = binary; more adds nested structures).
         image_size: side length or per-axis sizes (default 64 in 2D, 32 in 3D).
@@ -393,7 +420,9 @@ def generate_synthetic_dataset(
     out = Path(output_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"'{out}' exists and is not a folder; choose another output folder.")
-    if not _is_empty_or_missing(out) and _existing_parameters(out) != params:
+    if _existing_parameters(out) == params:
+        return out / DATALIST_NAME
+    if not _is_empty_or_missing(out):
         raise FileExistsError(
             f"'{out}' is not empty and does not hold a synthetic dataset generated with these parameters; "
             "refusing to write into it. Choose a new or empty folder."
@@ -403,19 +432,7 @@ def generate_synthetic_dataset(
     tmp.mkdir()
     try:
         _write_dataset(tmp, params)
-        if out.exists():
-            # empty, or the same dataset: move it aside first, then drop it once the new one is in place
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            try:
-                os.replace(tmp, out)
-            except OSError:
-                # another process (e.g. another DDP rank) put a dataset there meanwhile: fine if it is this one
-                if _existing_parameters(out) != params:
-                    raise
+        _move_into_place(tmp, out, params)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
