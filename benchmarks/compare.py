@@ -1,16 +1,26 @@
-"""Train and evaluate bundles on the same synthetic data and print one comparison table.
+"""Train and evaluate methods on the same synthetic data, over several seeds, and print one table.
 
-Each *arm* is a bundle with config overrides (e.g. ``fused_unet`` with ``fusion=staple``). Every arm
-is trained with ``python -m monai.bundle run`` (train.json), then evaluated on the test split
-(train.json + evaluate.json), with all its outputs under ``<out>/<regime>/<arm>/``; the table is
-read back from each arm's ``eval/metrics.csv``. Regimes: ``dense`` (every rater on every image) and
-``one`` (one label per image), both from the default synthetic 2D generator (5 raters: good, over,
-under, wrong, blank), generated once under ``<out>/data``.
+Each *arm* is a bundle with config overrides: a name of :data:`ARMS` (``majority``, ``cmnet_pixel``,
+...) or a spec ``bundle:key=value,key=value`` (``cmnet:trace_weight=0.4``). Every (arm, seed) is
+trained with ``python -m monai.bundle run`` (train.json), then evaluated on the test split
+(train.json + evaluate.json), with its outputs under ``<out>/<panel>/<regime>/<arm>/seed<n>/``; the
+table is read back from each run's ``eval/metrics.csv`` and gives mean ± standard deviation over
+the seeds (the seed of training: the data are the same for every seed).
 
-    python benchmarks/compare.py --arms mean majority staple --regimes dense one --epochs 40
+Data: the synthetic 2D generator (200 / 40 / 40 images of 64×64, data seed 0) with a rater
+*panel* (:data:`PANELS`; ``default`` is the issue's protocol: good, over, under, wrong, blank) in
+two *regimes*: ``dense`` (every rater on every image) and ``one`` (one label per image).
 
-Besides the trained networks, the table gives the Dice of the fused training labels themselves
-against the truth (``label Dice``): what the network is asked to learn.
+The ``oracle`` arm trains the baseline U-Net on the truth itself: the ceiling of what any method can
+reach with this network on this data. ``label Dice`` is the Dice of the fused training labels
+themselves against the truth (what the baseline is asked to learn); ``CM error`` of the STAPLE arm
+is STAPLE's own estimate of the raters' matrices against the generator's.
+
+    python benchmarks/compare.py --arms mean majority staple oracle cmnet_pixel --regimes dense one --epochs 60
+    python benchmarks/compare.py --arms cmnet:trace_weight=0.4 --seeds 0 1 2 --jobs 3
+
+Results accumulate in ``<out>/results.json`` (a run already there is not run again unless
+``--rerun``), so a long comparison can be run in parts and the table printed from all of them.
 """
 
 from __future__ import annotations
@@ -18,50 +28,148 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import re
+import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# arm name -> (bundle, overrides)
+# arm name -> (bundle, overrides); the oracle arm is fused_unet trained on the truth (see ORACLE)
 ARMS: dict[str, tuple[str, dict]] = {
     "mean": ("fused_unet", {"fusion": "mean"}),
     "majority": ("fused_unet", {"fusion": "majority"}),
     "staple": ("fused_unet", {"fusion": "staple"}),
+    "oracle": ("fused_unet", {"fusion": "majority"}),
     "cmnet_pixel": ("cmnet", {"cm_type": "pixel"}),
     "cmnet_pixel_notrace": ("cmnet", {"cm_type": "pixel", "trace_weight": 0.0}),
     "cmnet_global": ("cmnet", {"cm_type": "global"}),
     "cmnet_lowrank": ("cmnet", {"cm_type": "low_rank", "rank": 1}),
     "cmnet_separate": ("cmnet", {"cm_type": "pixel", "shared_trunk": False}),
+    "cmnet_nowarmup": ("cmnet", {"cm_type": "pixel", "warmup_epochs": 0}),
 }
+ORACLE = "oracle"
 # bundles whose epochs are split into stages: the epochs given go to the last stage, less the earlier ones
 STAGED_EPOCHS = {"cmnet": ("joint_epochs", "warmup_epochs")}
 REGIMES = {"dense": None, "one": 1}
+PANELS = {
+    # the issue's protocol (CM-Net paper, appendix A.1): errors of opposite signs, majority vote nearly unbiased
+    "default": ["good", "over", "under", "wrong", "blank"],
+    # three of five raters over-segment: the majority vote and STAPLE inherit their bias
+    "biased": ["good", "over", "over+over", "wrong", "under"],
+}
+METRICS = ["dice", "miou", "soft_dice", "ged", "cm_error"]
+_LOCK = threading.Lock()
 
 
-def _run(config_files: list[Path], overrides: dict, log: Path) -> None:
+def parse_arm(arm: str) -> tuple[str, dict]:
+    """An arm name of :data:`ARMS`, or ``"bundle:key=value,..."`` (values read as JSON where they parse).
+
+    ``"cmnet:network_def#channels=[32,64,128,256],trace_weight=0.1"`` -> ``("cmnet", {"network_def#channels":
+    [32, 64, 128, 256], "trace_weight": 0.1})``.
+    """
+    if arm in ARMS:
+        return ARMS[arm]
+    bundle, sep, rest = arm.partition(":")
+    if not sep or not (ROOT / "bundles" / bundle / "configs" / "train.json").is_file():
+        raise ValueError(f"unknown arm {arm!r}: not one of {sorted(ARMS)} and not 'bundle:key=value,...'.")
+    overrides = {}
+    for pair in filter(None, re.split(r",(?=[\w#]+=)", rest)):  # a comma inside a value ([1,2]) stays
+        key, _, value = pair.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return bundle, overrides
+
+
+def _run(config_files: list[Path], overrides: dict, log: Path, threads: int) -> None:
     override_file = log.with_suffix(".override.json")
     override_file.write_text(json.dumps(overrides, indent=1))
     files = [str(f) for f in config_files] + [str(override_file)]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files).replace('"', "'")]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed, see {log}")
+
+
+def dataset_dir(out: Path, panel: str, regime: str) -> Path:
+    return out / "data" / f"synthetic_2d_{panel}_{regime}"
+
+
+def prepare_data(out: Path, panel: str, regime: str) -> Path:
+    """Generate the synthetic set of a panel and regime (once) and an oracle datalist whose only rater is the truth."""
+    from multirater_monai.data import ensure_synthetic_dataset, read_datalist
+
+    datalist = ensure_synthetic_dataset(
+        dataset_dir(out, panel, regime), raters=PANELS[panel], labels_per_image=REGIMES[regime]
+    )
+    content = read_datalist(datalist)
+    folder = datalist.parent
+    oracle = dict(content, raters=["truth"], labels_per_image=None)
+    for split in ("training", "validation", "test"):
+        oracle[split] = [
+            {"image": str(folder / item["image"]), "label": [str(folder / item["gt"])], "gt": str(folder / item["gt"])}
+            for item in content[split]
+        ]
+    (folder.parent / f"{folder.name}_oracle.json").write_text(json.dumps(oracle, indent=1))
+    return datalist
+
+
+def run_arm(arm: str, panel: str, regime: str, seed: int, out: Path, epochs: int, threads: int) -> dict:
+    """Train and evaluate one (arm, seed); returns the test metrics."""
+    bundle, arm_overrides = parse_arm(arm)
+    folder = out / panel / regime / arm / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = dataset_dir(out, panel, regime)
+    overrides = {
+        **arm_overrides,
+        "bundle_root": str(ROOT / "bundles" / bundle),
+        "ckpt_dir": str(folder / "models"),
+        "output_dir": str(folder / "runs"),
+        "eval_dir": str(folder / "eval"),
+        "dataset_dir": str(data),
+        "synthetic#raters": PANELS[panel],
+        "synthetic#labels_per_image": REGIMES[regime],
+        "max_epochs": epochs,
+        "seed": seed,
+        "mlflow_enabled": False,
+    }
+    if bundle in STAGED_EPOCHS:
+        last, first = STAGED_EPOCHS[bundle]
+        overrides[last] = f"$%d - @{first}" % epochs
+        if arm_overrides.get(first) == 0:  # no warm-up: the joint stage alone
+            overrides["stages"] = [{"name": "joint", "epochs": f"@{last}", "loss_function": "@loss"}]
+    train_overrides = dict(overrides)
+    if arm == ORACLE:
+        train_overrides.update(datalist=str(data.parent / f"{data.name}_oracle.json"), num_raters=1)
+    configs = ROOT / "bundles" / bundle / "configs"
+    start = time.time()
+    _run([configs / "train.json"], train_overrides, folder / "train.log", threads)
+    train_s = time.time() - start
+    _run([configs / "train.json", configs / "evaluate.json"], overrides, folder / "evaluate.log", threads)
+    with open(folder / "eval" / "metrics.csv") as f:  # MetricsSaver: one "name,value" row per metric
+        metrics = {row[0]: float(row[1]) for row in csv.reader(f) if len(row) == 2}
+    return {"panel": panel, "regime": regime, "arm": arm, "seed": seed, "epochs": epochs, "train_s": train_s, **metrics}
 
 
 def fused_label_dice(datalist: Path, fusion: str, num_classes: int = 2) -> float:
     """Mean foreground Dice (empty-vs-empty = 1) of the fused training labels against the truth."""
     import torch
+    from monai.transforms import LoadImage
 
     from multirater_monai.data import load_multirater_datalist
     from multirater_monai.metrics import compute_hard_dice
     from multirater_monai.transforms import FuseRatersd, LoadRaterLabelsd
-    from monai.transforms import LoadImage
 
     load, fuse = LoadRaterLabelsd(num_classes=num_classes), FuseRatersd(method=fusion, num_classes=num_classes)
     load_gt = LoadImage(image_only=True)
@@ -72,42 +180,6 @@ def fused_label_dice(datalist: Path, fusion: str, num_classes: int = 2) -> float
         gt = torch.nn.functional.one_hot(torch.as_tensor(load_gt(item["gt"])).long(), num_classes).movedim(-1, 0)[None]
         scores.append(float(compute_hard_dice(pred, gt).mean()))
     return float(np.mean(scores))
-
-
-def run_arm(arm: str, regime: str, out: Path, epochs: int, seed: int) -> dict:
-    bundle, arm_overrides = ARMS[arm]
-    folder = out / regime / arm
-    folder.mkdir(parents=True, exist_ok=True)
-    k = REGIMES[regime]
-    overrides = {
-        **arm_overrides,
-        "bundle_root": str(ROOT / "bundles" / bundle),
-        "ckpt_dir": str(folder / "models"),
-        "output_dir": str(folder / "runs"),
-        "eval_dir": str(folder / "eval"),
-        "dataset_dir": str(out / "data" / f"synthetic_2d_{regime}"),
-        "synthetic#labels_per_image": k,
-        "max_epochs": epochs,
-        "seed": seed,
-    }
-    if bundle in STAGED_EPOCHS:
-        last, first = STAGED_EPOCHS[bundle]
-        overrides[last] = f"$%d - @{first}" % epochs
-    configs = ROOT / "bundles" / bundle / "configs"
-    start = time.time()
-    _run([configs / "train.json"], overrides, folder / "train.log")
-    train_s = time.time() - start
-    _run([configs / "train.json", configs / "evaluate.json"], overrides, folder / "evaluate.log")
-    with open(folder / "eval" / "metrics.csv") as f:  # MetricsSaver: one "name,value" row per metric
-        metrics = {row[0]: float(row[1]) for row in csv.reader(f) if len(row) == 2}
-    result = {"arm": arm, "regime": regime, "train_s": train_s, **metrics}
-    datalist = Path(overrides["dataset_dir"]) / "datalist.json"
-    fusion = arm_overrides.get("fusion")
-    if fusion is not None:
-        result["label_dice"] = fused_label_dice(datalist, fusion)
-    if fusion == "staple":
-        result["cm_error"] = staple_cm_error(datalist)
-    return result
 
 
 def staple_cm_error(datalist: Path, section: str = "test", num_classes: int = 2) -> float:
@@ -140,31 +212,111 @@ def staple_cm_error(datalist: Path, section: str = "test", num_classes: int = 2)
     return float(np.mean(errors))
 
 
+def label_statistics(out: Path, panel: str, regime: str) -> dict[str, dict]:
+    """Per fusion arm: Dice of its fused training labels vs the truth; for STAPLE, its CM error too."""
+    datalist = dataset_dir(out, panel, regime) / "datalist.json"
+    stats = {arm: {"label_dice": fused_label_dice(datalist, ARMS[arm][1]["fusion"])} for arm in ("mean", "majority", "staple")}
+    stats["staple"]["cm_error"] = staple_cm_error(datalist)
+    stats[ORACLE] = {"label_dice": 1.0}
+    return stats
+
+
+def _save(results_file: Path, new: list[dict]) -> list[dict]:
+    """Merge ``new`` runs into the results file (a run is identified by panel, regime, arm, seed, epochs)."""
+    def key(r):
+        return r["panel"], r["regime"], r["arm"], r["seed"], r["epochs"]
+
+    with _LOCK:
+        previous = json.loads(results_file.read_text()) if results_file.is_file() else []
+        done = {key(r) for r in new}
+        merged = [r for r in previous if key(r) not in done] + new
+        results_file.write_text(json.dumps(merged, indent=1))
+    return merged
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def print_table(results: list[dict], label_stats: dict, epochs: int) -> None:
+    """Mean ± std over seeds of each (panel, regime, arm) run for ``epochs`` epochs, in order of appearance."""
+    rows: dict[tuple, list[dict]] = {}
+    for r in results:
+        if r["epochs"] == epochs:
+            rows.setdefault((r["panel"], r["regime"], r["arm"]), []).append(r)
+    cols = METRICS + ["label_dice", "train_s"]
+    print(f"\n{'panel':<9}{'regime':<7}{'arm':<28}{'seeds':>6}" + "".join(f"{c:>17}" for c in cols))
+    for (panel, regime, arm), runs in rows.items():
+        extra = label_stats.get((panel, regime), {}).get(arm, {})
+        cells = []
+        for c in cols:
+            values = [r[c] for r in runs if isinstance(r.get(c), float) and not np.isnan(r[c])]
+            if not values and c in extra:
+                values = [extra[c]]
+            cells.append(f"{_cell(values):>17}")
+        print(f"{panel:<9}{regime:<7}{arm:<28}{len(runs):>6}" + "".join(cells))
+    print(f"epochs={epochs}; test split of the synthetic 2D set; mean ± std over seeds")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arms", nargs="+", default=["mean", "majority", "staple", "cmnet_pixel"], choices=sorted(ARMS))
+    parser.add_argument("--arms", nargs="+", default=["mean", "majority", "staple", "oracle", "cmnet_pixel"])
     parser.add_argument("--regimes", nargs="+", default=["dense", "one"], choices=sorted(REGIMES))
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--panels", nargs="+", default=["default"], choices=sorted(PANELS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--deadline", type=float, default=None, help="start no run after this many seconds")
+    parser.add_argument("--rerun", action="store_true", help="run again what results.json already has")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare")
     args = parser.parse_args()
-    results = []
-    for regime in args.regimes:
-        for arm in args.arms:
-            print(f"[compare] {regime} / {arm} ...", flush=True)
-            results.append(run_arm(arm, regime, args.out, args.epochs, args.seed))
+    for arm in args.arms:
+        parse_arm(arm)  # fail on a bad arm before anything runs
+    start = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
-    previous = json.loads(results_file.read_text()) if results_file.is_file() else []
-    done = {(r["regime"], r["arm"]) for r in results}
-    merged = [r for r in previous if (r["regime"], r["arm"]) not in done] + results
-    results_file.write_text(json.dumps(merged, indent=1))
-    results = merged
-    cols = ["dice", "miou", "soft_dice", "ged", "cm_error", "label_dice", "train_s"]
-    print(f"\n{'regime':<8}{'arm':<12}" + "".join(f"{c:>11}" for c in cols))
-    for r in results:
-        cells = "".join(f"{r[c]:>11.3f}" if isinstance(r.get(c), float) else f"{'-':>11}" for c in cols)
-        print(f"{r['regime']:<8}{r['arm']:<12}{cells}")
-    print(f"epochs={args.epochs} seed={args.seed}; test split of the synthetic 2D set; outputs in {args.out}")
+    have = json.loads(results_file.read_text()) if results_file.is_file() else []
+    have_keys = {(r["panel"], r["regime"], r["arm"], r["seed"], r["epochs"]) for r in have}
+    label_stats = {}
+    for panel in args.panels:
+        for regime in args.regimes:
+            prepare_data(args.out, panel, regime)
+            label_stats[(panel, regime)] = label_statistics(args.out, panel, regime)
+    # seeds outermost, so that a deadline leaves complete tables of the first seeds
+    todo = [
+        (arm, panel, regime, seed)
+        for seed in args.seeds
+        for panel in args.panels
+        for regime in args.regimes
+        for arm in args.arms
+        if args.rerun or (panel, regime, arm, seed, args.epochs) not in have_keys
+    ]
+    threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
+    failures = []
+
+    def job(task):
+        arm, panel, regime, seed = task
+        if args.deadline is not None and time.time() - start > args.deadline:
+            return
+        print(f"[compare] {panel} / {regime} / {arm} / seed {seed} ...", flush=True)
+        try:
+            _save(results_file, [run_arm(arm, panel, regime, seed, args.out, args.epochs, threads)])
+        except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
+            failures.append(f"{task}: {e}")
+
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        list(pool.map(job, todo))
+    results = json.loads(results_file.read_text()) if results_file.is_file() else []
+    print_table(results, label_stats, args.epochs)
+    print(f"outputs in {args.out}; {time.time() - start:.0f} s")
+    for failure in failures:
+        print(f"FAILED {failure}")
+    if failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
