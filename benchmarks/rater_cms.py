@@ -1,7 +1,10 @@
 """Estimated vs true confusion matrices of each rater, averaged over the test images, for a trained CM-Net.
 
-    python benchmarks/rater_cms.py benchmarks/results/compare/dense/cmnet_pixel/models/model.pt \
-        benchmarks/results/compare/data/synthetic_2d_dense/datalist.json --cm_type pixel
+    python benchmarks/rater_cms.py benchmarks/results/compare/default/dense/cmnet_pixel/seed0/models/model.pt \
+        benchmarks/results/compare/data/synthetic_2d_default_dense/datalist.json --cm_type pixel
+
+``model`` is a bundle's ``models/model.pt`` or a training checkpoint (``models/checkpoints/*.pt``: the
+network as it was at the end of an epoch, e.g. the last one, where the best model is an earlier one).
 
 Prints, per rater, p(says foreground | background) and p(says foreground | foreground) as the
 network estimates them (its pixel-wise CMs averaged over the voxels of each true class) and as the
@@ -34,7 +37,8 @@ def main() -> None:
     info = read_datalist(args.datalist)
     raters, classes, dims = info["raters"], info["num_classes"], info["spatial_dims"]
     net = CMNet(dims, 1, classes, len(raters), cm_type=args.cm_type, rank=args.rank)
-    net.load_state_dict(torch.load(args.model, map_location="cpu", weights_only=True))
+    state = torch.load(args.model, map_location="cpu", weights_only=True)
+    net.load_state_dict(state.get("network", state))  # models/model.pt, or a training checkpoint
     net.eval()
     load = LoadImage(image_only=True, ensure_channel_first=True)
     normalise = NormalizeIntensity(channel_wise=True)
