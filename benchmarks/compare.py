@@ -3,7 +3,7 @@
 Each *arm* is a bundle with config overrides: a name of :data:`ARMS` (``majority``, ``cmnet_pixel``,
 ...) or a spec ``bundle:key=value,key=value`` (``cmnet:trace_weight=0.4``). Every (arm, seed) is
 trained with ``python -m monai.bundle run`` (train.json), then evaluated on the test split
-(train.json + evaluate.json), with its outputs under ``<out>/<panel>/<regime>/<arm>/seed<n>/``; the
+(train.json + evaluate.json), with its outputs under ``<out>/<panel>/<regime>/<arm>/seed<n>/`` (the arm's name with ``#``, ``:``, brackets... as ``_``); the
 table is read back from each run's ``eval/metrics.csv`` and gives mean ± standard deviation over
 the seeds (the seed of training: the data are the same for every seed).
 
@@ -90,6 +90,12 @@ def parse_arm(arm: str) -> tuple[str, dict]:
     return bundle, overrides
 
 
+def arm_folder_name(arm: str) -> str:
+    """A folder name for an arm: ``#``, ``/``, brackets and the like (which MONAI's config parser or the file
+    system read as syntax) become ``_``."""
+    return re.sub(r"[^\w.=,+-]", "_", arm)
+
+
 def _run(config_files: list[Path], overrides: dict, log: Path, threads: int) -> None:
     override_file = log.with_suffix(".override.json")
     override_file.write_text(json.dumps(overrides, indent=1))
@@ -128,7 +134,7 @@ def prepare_data(out: Path, panel: str, regime: str) -> Path:
 def run_arm(arm: str, panel: str, regime: str, seed: int, out: Path, epochs: int, threads: int) -> dict:
     """Train and evaluate one (arm, seed); returns the test metrics."""
     bundle, arm_overrides = parse_arm(arm)
-    folder = out / panel / regime / arm / f"seed{seed}"
+    folder = out / panel / regime / arm_folder_name(arm) / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     data = dataset_dir(out, panel, regime)
     overrides = {
