@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from multirater_monai.bundle_utils import parse_bundle_spec
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,22 +38,9 @@ def _current_rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def parse_spec(spec: str) -> tuple[str, dict]:
-    """``"cmnet:cm_type=low_rank,rank=2"`` -> ``("cmnet", {"cm_type": "low_rank", "rank": 2})``."""
-    bundle, _, rest = spec.partition(":")
-    overrides = {}
-    for pair in filter(None, rest.split(",")):
-        key, _, value = pair.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return bundle, overrides
-
-
 def measure(spec: str, dims: int, steps: int, warmup: int, device: str) -> dict:
     """Time ``steps`` train steps (forward, loss, backward, optimiser step) of a bundle variant in ``dims``-D."""
-    bundle, overrides = parse_spec(spec)
+    bundle, overrides = parse_bundle_spec(spec)
     import torch
     from monai.bundle import ConfigParser
 
@@ -137,7 +126,7 @@ def main() -> None:
         return
 
     # every variant is compared with the baseline of the same number of classes
-    classes = {parse_spec(b)[1].get("num_classes") for b in args.bundles}
+    classes = {parse_bundle_spec(b)[1].get("num_classes") for b in args.bundles}
     baselines = ["fused_unet" if c is None else f"fused_unet:num_classes={c}" for c in sorted(classes, key=str)]
     bundles = baselines + [b for b in args.bundles if b not in baselines]
     results = []
@@ -151,7 +140,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for r in results:
-        c = parse_spec(r["bundle"])[1].get("num_classes")
+        c = parse_bundle_spec(r["bundle"])[1].get("num_classes")
         base_spec = "fused_unet" if c is None else f"fused_unet:num_classes={c}"
         base = next(b for b in results if b["bundle"] == base_spec and b["dims"] == r["dims"])
         shape = f"{r['batch']} x {'x'.join(map(str, r['patch']))}"

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from multirater_monai.bundle_utils import parse_bundle_spec
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # arm name -> (bundle, overrides); the oracle arm is fused_unet trained on the truth (see ORACLE)
@@ -77,17 +79,9 @@ def parse_arm(arm: str) -> tuple[str, dict]:
     """
     if arm in ARMS:
         return ARMS[arm]
-    bundle, sep, rest = arm.partition(":")
-    if not sep or not (ROOT / "bundles" / bundle / "configs" / "train.json").is_file():
+    if ":" not in arm or not (ROOT / "bundles" / arm.partition(":")[0] / "configs" / "train.json").is_file():
         raise ValueError(f"unknown arm {arm!r}: not one of {sorted(ARMS)} and not 'bundle:key=value,...'.")
-    overrides = {}
-    for pair in filter(None, re.split(r",(?=[\w#]+=)", rest)):  # a comma inside a value ([1,2]) stays
-        key, _, value = pair.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return bundle, overrides
+    return parse_bundle_spec(arm)
 
 
 def arm_folder_name(arm: str) -> str:
@@ -227,7 +221,7 @@ def label_statistics(out: Path, panel: str, regime: str) -> dict[str, dict]:
     return stats
 
 
-def _save(results_file: Path, new: list[dict]) -> list[dict]:
+def _save(results_file: Path, new: list[dict]) -> None:
     """Merge ``new`` runs into the results file (a run is identified by panel, regime, arm, seed, epochs)."""
     def key(r):
         return r["panel"], r["regime"], r["arm"], r["seed"], r["epochs"]
@@ -237,7 +231,6 @@ def _save(results_file: Path, new: list[dict]) -> list[dict]:
         done = {key(r) for r in new}
         merged = [r for r in previous if key(r) not in done] + new
         results_file.write_text(json.dumps(merged, indent=1))
-    return merged
 
 
 def _cell(values: list[float]) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
-__all__ = ["find_bundle_root", "default_dataset_dir", "sqlite_tracking_uri"]
+__all__ = ["find_bundle_root", "default_dataset_dir", "sqlite_tracking_uri", "parse_bundle_spec"]
 
 
 def find_bundle_root(name: str) -> str:
@@ -41,3 +43,22 @@ def sqlite_tracking_uri(output_dir: str | os.PathLike, filename: str = "mlflow.d
     folder = Path(output_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return "sqlite:///" + (folder / filename).as_posix()
+
+
+def parse_bundle_spec(spec: str) -> tuple[str, dict]:
+    """A bundle variant written ``"bundle:key=value,key=value"`` -> ``(bundle, overrides)``.
+
+    Values are read as JSON where they parse, else kept as strings; a comma inside a value stays
+    (``"cmnet:network_def#channels=[32,64,128,256],trace_weight=0.1"`` -> ``("cmnet",
+    {"network_def#channels": [32, 64, 128, 256], "trace_weight": 0.1})``). The keys are config ids,
+    as ``--key value`` on the ``monai.bundle`` command line takes them.
+    """
+    bundle, _, rest = spec.partition(":")
+    overrides = {}
+    for pair in filter(None, re.split(r",(?=[\w#]+=)", rest)):
+        key, _, value = pair.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return bundle, overrides
