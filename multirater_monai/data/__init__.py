@@ -4,6 +4,7 @@ from .synthetic import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SPLIT_SIZES,
     GENERATOR_VERSION,
+    LAYOUTS,
     assign_raters,
     ensure_synthetic_dataset,
     generate_synthetic_dataset,
@@ -20,3 +21,4 @@ from .datalist import (
     read_geometry,
 )
 from .real import PrepareError, PrepareReport, prepare_dataset
+from .semi_supervised import keep_pixel_labels

@@ -1,6 +1,6 @@
 """Multi-rater datalists: reading them and checking them before any training starts.
 
-A datalist is MONAI's decathlon JSON (``DESIGN.md``)::
+A datalist is MONAI's decathlon JSON (``docs/design.md``, "Data contract")::
 
     {"raters": ["r1", "r2"], "num_classes": 2, "spatial_dims": 2,
      "training": [{"image": "images/a.nii.gz", "label": ["labels/a_r1.nii.gz", null], "gt": "gt/a.nii.gz"}],
@@ -8,7 +8,12 @@ A datalist is MONAI's decathlon JSON (``DESIGN.md``)::
 
 ``label`` holds one entry per rater, in the fixed rater order of the dataset, ``null`` where that
 rater did not annotate the image. ``image`` is one file, or a list of single-channel files (one per
-modality) stacked as channels. Relative paths are relative to the datalist's folder.
+modality) stacked as channels. Relative paths are relative to the datalist's folder. Optional entries
+of an item: ``gt`` (the truth), ``class_label`` (``L`` multi-hot image-level labels, background
+included), ``annotator`` (index of the one rater of a one-annotator-per-image item: only that rater's
+``label`` entry is a file). An item whose ``label`` is missing or all ``null`` carries no pixel labels:
+it is accepted only where the bundle declares it (``allow_unlabelled``, semi-supervised training), and
+then needs ``class_label``.
 
 :func:`load_multirater_datalist` resolves the paths and, by default, runs :func:`check_datalist`,
 which reads every file once and reports every problem it finds (file and reason) in one
@@ -27,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from multirater_monai.constants import GT, IMAGE, LABEL, MISSING_LABEL
+from multirater_monai.constants import ANNOTATOR, CLASS_LABEL, GT, IMAGE, LABEL, MISSING_LABEL
 
 __all__ = [
     "DatalistError",
@@ -99,6 +104,7 @@ def load_multirater_datalist(
     in_channels: int | None = None,
     spatial_dims: int | None = None,
     path_keys: Sequence[str] = (IMAGE, LABEL, GT),
+    allow_unlabelled: bool = False,
 ) -> list[dict]:
     """Load one section of a multi-rater datalist with absolute paths, checked by default.
 
@@ -111,6 +117,8 @@ def load_multirater_datalist(
         in_channels: expected number of image channels ``C``.
         spatial_dims: expected number of spatial dimensions (2 or 3).
         path_keys: keys whose values are paths relative to the datalist folder.
+        allow_unlabelled: accept items without pixel labels (``label`` missing or all ``null``; they need
+            ``class_label``): semi-supervised training. Such items get ``label`` = ``R`` nulls.
 
     Returns:
         the section's items, each a dict with absolute paths (``None`` kept for missing raters).
@@ -133,6 +141,8 @@ def load_multirater_datalist(
                 f"the configuration expects {num_raters}"
             ]
         )
+    if allow_unlabelled and num_raters is not None:
+        resolved = [item if item.get(LABEL) is not None else {**item, LABEL: [None] * num_raters} for item in resolved]
     if check:
         check_datalist(
             resolved,
@@ -143,6 +153,7 @@ def load_multirater_datalist(
             datalist_file=datalist_file,
             section=section,
             require_rater_coverage=section == "training",
+            allow_unlabelled=allow_unlabelled,
         )
     return resolved
 
@@ -248,6 +259,7 @@ def check_datalist(
     section: str | None = None,
     require_labels: bool = True,
     require_rater_coverage: bool = True,
+    allow_unlabelled: bool = False,
 ) -> None:
     """Check every item of a (path-resolved) multi-rater datalist section; raise one error listing all problems.
 
@@ -259,7 +271,11 @@ def check_datalist(
 
     With ``require_labels=False`` an item may hold an image only (inference); with
     ``require_rater_coverage=False`` a rater may be absent from the whole section (validation/test
-    splits of datasets whose raters annotate few cases).
+    splits of datasets whose raters annotate few cases); with ``allow_unlabelled=True`` an item may
+    carry no pixel label if it has image-level labels (``class_label``).
+
+    Optional entries are checked too: ``class_label`` is ``num_classes`` values 0/1; ``annotator`` is a
+    rater index whose ``label`` entry is the item's only file.
 
     Raises:
         DatalistError: listing each problem as ``<file>: <what is wrong>``.
@@ -305,7 +321,7 @@ def check_datalist(
             )
 
         raters = item.get(LABEL)
-        if raters is None and GT not in item and require_labels:
+        if raters is None and GT not in item and require_labels and not (allow_unlabelled and CLASS_LABEL in item):
             problems.append(f"{image_files[0]}: item has neither '{LABEL}' (rater files) nor '{GT}'")
         if raters is not None:
             if not isinstance(raters, (list, tuple)):
@@ -327,8 +343,15 @@ def check_datalist(
                 annotated_any |= annotates
                 if annotates and rater_annotations is not None and r < len(rater_annotations):
                     rater_annotations[r] += 1
-            if not annotated_any:
+            if not annotated_any and not allow_unlabelled:
                 problems.append(f"{image_files[0]}: no rater annotated this image (every rater entry is null or -1)")
+            elif not annotated_any and CLASS_LABEL not in item:
+                problems.append(
+                    f"{image_files[0]}: item has no pixel labels and no '{CLASS_LABEL}' (image-level labels): "
+                    "nothing to learn from"
+                )
+            _check_annotator(item, raters, num_raters, image_files[0], problems)
+        _check_class_label(item, num_classes, image_files[0], problems)
         gt = item.get(GT)
         if gt is not None:
             if not os.path.isfile(gt):
@@ -340,6 +363,35 @@ def check_datalist(
             problems.append(f"{where}: rater {r} has no annotation on any image of this section")
     if problems:
         raise DatalistError(problems, datalist_file)
+
+
+def _check_class_label(item: dict, num_classes: int | None, where: str, problems: list[str]) -> None:
+    """``class_label``: a list of ``num_classes`` values 0/1 (multi-hot, background included)."""
+    if CLASS_LABEL not in item:
+        return
+    value = item[CLASS_LABEL]
+    ok = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and v in (0, 1) for v in value)
+    if not ok or (num_classes is not None and len(value) != num_classes):
+        size = f"{num_classes} " if num_classes is not None else ""
+        problems.append(f"{where}: '{CLASS_LABEL}' must be a list of {size}values 0/1 (one per class), got {value!r}")
+
+
+def _check_annotator(item: dict, raters: Sequence, num_raters: int | None, where: str, problems: list[str]) -> None:
+    """``annotator``: the index of the one rater whose ``label`` entry is a file; the other entries are null."""
+    if ANNOTATOR not in item:
+        return
+    value = item[ANNOTATOR]
+    count = len(raters) if num_raters is None else num_raters
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < count:
+        problems.append(f"{where}: '{ANNOTATOR}' must be a rater index in 0..{count - 1}, got {value!r}")
+        return
+    others = [r for r, f in enumerate(raters) if f is not None and r != value]
+    if value < len(raters) and raters[value] is None and any(f is not None for f in raters):
+        problems.append(f"{where}: '{ANNOTATOR}' is {value} but rater {value} has no label file in '{LABEL}'")
+    elif others:
+        problems.append(
+            f"{where}: '{ANNOTATOR}' is {value} (one annotator per image) but raters {others} also have label files"
+        )
 
 
 def _check_same_geometry(

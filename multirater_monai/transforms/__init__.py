@@ -1,8 +1,10 @@
-"""Multi-rater dictionary transforms (data contract in ``DESIGN.md``)."""
+"""Multi-rater dictionary transforms (data contract in ``docs/design.md``)."""
 
 from .raters import (
     DEFAULT_RATERS,
     RATERS,
+    TAX_RATERS,
+    SimplifyRater,
     BlankRater,
     ComposeRaters,
     ContrastRater,
@@ -22,5 +24,6 @@ from .raters import (
     rater_rng,
 )
 from .fusion import FuseRatersd
-from .rater_labels import LoadRaterLabelsd, RaterMaskd, rater_mask_of
+from .rater_labels import AnnotatorIndexd, LoadRaterLabelsd, RaterMaskd, rater_mask_of
+from .class_labels import ClassLabelsd, class_labels_from_raters
 from .confusion import ImageConfusionMatrixd, SplitOutputsd, ToConfusionMatrixd
