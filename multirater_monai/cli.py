@@ -4,6 +4,7 @@ Subcommands:
     ``multirater synthesize``  write a synthetic multi-rater dataset (NIfTI + datalist JSON).
     ``multirater quickstart``  train and evaluate a bundle on the synthetic data, print where results are.
     ``multirater prepare``     read a real dataset (LIDC-IDRI, BraTS, QUBIQ, MS lesions), check it, write a datalist.
+    ``multirater sync-bundles`` write the shared configuration blocks into the bundles (``--check``: only compare).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         raters=args.raters,
         labels_per_image=args.labels_per_image,
         seed=args.seed,
+        layout=args.layout,
     )
     print(f"datalist: {datalist}")
     return 0
@@ -38,6 +40,22 @@ def _quickstart(args: argparse.Namespace) -> int:
     from multirater_monai.engines.quickstart import run_quickstart
 
     run_quickstart(bundle=args.bundle, max_epochs=args.max_epochs)
+    return 0
+
+
+def _sync_bundles(args: argparse.Namespace) -> int:
+    from multirater_monai.bundle_sync import bundle_folders, sync_bundle
+
+    folders = bundle_folders(args.root, args.bundles)
+    if not folders:
+        print(f"no bundle under {args.root}/bundles", file=sys.stderr)
+        return 2
+    changed = [f for folder in folders for f in sync_bundle(folder, check=args.check)]
+    for path in changed:
+        print(f"{path}: {'differs from the shared blocks (run multirater sync-bundles)' if args.check else 'rewritten'}")
+    if args.check and changed:
+        return 1
+    print(f"{len(folders)} bundle(s) {'in sync' if args.check else 'synced'}: {', '.join(f.name for f in folders)}")
     return 0
 
 
@@ -60,12 +78,32 @@ def _build_parser() -> argparse.ArgumentParser:
         "--labels-per-image", type=int, default=None, help="k raters per image (default: every rater on every image)"
     )
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument(
+        "--layout",
+        choices=("nested", "scene"),
+        default="nested",
+        help="nested: objects with nested classes (default); scene: kinds of objects present or absent per image, "
+        "at several scales",
+    )
     syn.set_defaults(func=_synthesize)
 
     quick = sub.add_parser("quickstart", help="train + evaluate a bundle on the synthetic data")
     quick.add_argument("--bundle", default="cmnet", help="bundle folder name under bundles/")
     quick.add_argument("--max-epochs", type=int, default=None, help="override the bundle's max_epochs")
     quick.set_defaults(func=_quickstart)
+
+    sync = sub.add_parser(
+        "sync-bundles",
+        help="write the shared configuration blocks (multirater_monai/bundle_templates) into every bundle",
+        description="Every bundle's configs hold the shared blocks of multirater_monai/bundle_templates (data "
+        "checks, trainer, validation, checkpoints, MLflow, evaluation protocol, inference plumbing, 3D and "
+        "multi-GPU overlays, logging) next to its own ids. This command writes them in; edit the templates, "
+        "not a bundle's copy.",
+    )
+    sync.add_argument("bundles", nargs="*", help="bundle folder names (default: all under ROOT/bundles)")
+    sync.add_argument("--root", default=".", help="repository root holding bundles/ (default: .)")
+    sync.add_argument("--check", action="store_true", help="only report the files that differ (exit 1 if any)")
+    sync.set_defaults(func=_sync_bundles)
 
     from multirater_monai.data.real.command import add_prepare_parser
 

@@ -195,3 +195,20 @@ def test_simulate_ratersd_validation():
         SimulateRatersd("gt", raters=["good", "over"], labels_per_image=3)
     with pytest.raises(ValueError, match="one channel"):
         SimulateRatersd("gt", raters=["good"])({"gt": np.zeros((2, 8, 8), dtype=np.int64)})
+
+
+@DIMS
+def test_simplify_straightens_outlines_and_covers_the_object(spatial_dims):
+    truth = truth_map(spatial_dims)
+    truth[tuple(slice(int(0.28 * n), int(0.32 * n)) for n in truth.shape)] = 0  # a hole, filled by the polytope
+    out = make_rater("simplified")(truth, rng=0)
+    assert (out[truth == 1] == 1).all() and out.sum() > truth.sum()
+    assert dice(out == 1, truth == 1) > 0.8  # a simplification, not another object
+    assert make_rater("simplify")(np.zeros_like(truth), rng=0).sum() == 0
+
+
+def test_tax_tendency_names():
+    from multirater_monai.transforms import TAX_RATERS, OverRater, PerfectRater, SimplifyRater, UnderRater
+
+    kinds = [type(make_rater(n)) for n in TAX_RATERS]
+    assert kinds == [OverRater, UnderRater, SimplifyRater, PerfectRater]

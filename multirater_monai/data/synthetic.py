@@ -2,10 +2,18 @@
 
 Images are single-channel float32 2D or 3D images of several objects (ellipses/ellipsoids and
 irregular blobs of varied size, elongation, orientation and contrast, some faint) on textured noise
-(smoothed Gaussian noise at two scales) and a low-frequency bias field, z-score normalised. With
-``num_classes = L > 2`` objects hold nested structures: class ``c >= 2`` is a smaller, shifted
-ellipsoid inside the class ``c - 1`` structure (like a tumour core inside a tumour) with its own
-intensity; each level is present with probability 0.8, so some images miss some classes.
+(smoothed Gaussian noise at two scales) and a low-frequency bias field, z-score normalised. Two
+layouts (:data:`LAYOUTS`):
+
+- ``"nested"`` (default): every object is class 1; with ``num_classes = L > 2`` objects hold nested
+  structures: class ``c >= 2`` is a smaller, shifted ellipsoid inside the class ``c - 1`` structure
+  (like a tumour core inside a tumour) with its own intensity; each level is present with probability
+  0.8, so some images miss some classes.
+- ``"scene"``: classes are separate kinds of objects, each with its own look (intensity sign and
+  level, elongation, irregularity), and each class is present in an image with probability 0.5, so the
+  image-level labels vary from image to image (some images hold no object at all); a present class
+  has one to three objects whose sizes span a wide range (radius log-uniform over a factor 6), so one
+  image holds objects at several scales.
 
 Simulated raters (:mod:`multirater_monai.transforms.raters`) draw the rater labels from the truth
 and the image. The dataset is written as NIfTI with a decathlon-style datalist (format in
@@ -31,6 +39,7 @@ from multirater_monai.metrics.confusion import empirical_confusion_matrix
 from multirater_monai.transforms.raters import DEFAULT_RATERS, dilate_mask, make_rater, rater_rng
 
 __all__ = [
+    "LAYOUTS",
     "GENERATOR_VERSION",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_SPLIT_SIZES",
@@ -44,6 +53,13 @@ __all__ = [
 GENERATOR_VERSION = 1
 """Version of the generation algorithm; part of the recorded parameters, so that a dataset made
 by another algorithm version is not mistaken for the requested one."""
+
+LAYOUTS = ("nested", "scene")
+"""Scene layouts of :func:`make_synthetic_image`."""
+
+PARAMETER_DEFAULTS: dict[str, Any] = {"layout": "nested"}
+"""Generation parameters added after version 1, with the values that reproduce datasets written before them
+(a dataset on disk without the entry was generated with this value)."""
 
 DEFAULT_IMAGE_SIZE = {2: 64, 3: 32}
 """Side length of the images by ``spatial_dims``."""
@@ -85,15 +101,21 @@ def _ellipsoid_level(
 
 
 def make_synthetic_image(
-    rng: np.random.Generator, spatial_dims: int = 2, num_classes: int = 2, image_size: int | Sequence[int] | None = None
+    rng: np.random.Generator,
+    spatial_dims: int = 2,
+    num_classes: int = 2,
+    image_size: int | Sequence[int] | None = None,
+    layout: str = "nested",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image and its truth.
 
     Args:
         rng: the generator of all randomness.
         spatial_dims: 2 or 3.
-        num_classes: ``L`` including background; ``L > 2`` adds nested structures.
+        num_classes: ``L`` including background; ``L > 2`` adds nested structures (``"nested"``) or kinds of
+            objects (``"scene"``).
         image_size: side length or per-axis sizes (default :data:`DEFAULT_IMAGE_SIZE`).
+        layout: ``"nested"`` or ``"scene"`` (module docstring).
 
     Returns:
         image (1, *S) float32, z-score normalised; truth (*S) uint8 class indices in ``0..L-1``.
@@ -102,9 +124,14 @@ def make_synthetic_image(
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
     shape = _resolve_size(spatial_dims, image_size)
     side = float(min(shape))
     coords = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
+    if layout == "scene":
+        truth, objects = _scene_objects(rng, coords, shape, num_classes)
+        return _render(rng, objects, shape, side), truth
 
     truth = np.zeros(shape, dtype=np.uint8)
     objects = np.zeros(shape, dtype=np.float64)
@@ -147,12 +174,66 @@ def make_synthetic_image(
             objects[core] = level_amplitude
             parent, parent_axes, parent_centre = core, axes, parent_centre + shift
 
+    return _render(rng, objects, shape, side), truth
+
+
+def _render(rng: np.random.Generator, objects: np.ndarray, shape: tuple[int, ...], side: float) -> np.ndarray:
+    """(1, *S) float32 image: the objects' intensities (*S) with partial-volume edges, texture and bias field."""
     texture = 0.6 * _smooth_noise(rng, shape, 0.8) + 0.4 * _smooth_noise(rng, shape, 2.0)
     bias = _smooth_noise(rng, shape, side / 4.0)
     objects = ndimage.gaussian_filter(objects, 0.6)  # partial-volume edges
     image = objects * (1.0 + 0.15 * bias) + 0.3 * texture + 0.35 * bias
     image = (image - image.mean()) / (image.std() + 1e-8)
-    return image[None].astype(np.float32), truth
+    return image[None].astype(np.float32)
+
+
+# Look of each class of the "scene" layout, cycled for classes beyond the list: intensity of its
+# objects, their elongation (ratio of the longest to the shortest semi-axis) and whether their outline
+# is irregular.
+_SCENE_LOOKS = (
+    {"amplitude": 1.4, "elongation": (1.0, 1.3), "irregular": False},
+    {"amplitude": -1.2, "elongation": (2.0, 3.0), "irregular": False},
+    {"amplitude": 0.9, "elongation": (1.0, 1.5), "irregular": True},
+    {"amplitude": -0.7, "elongation": (1.0, 1.3), "irregular": True},
+)
+
+
+def _scene_objects(
+    rng: np.random.Generator, coords: np.ndarray, shape: tuple[int, ...], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Truth (*S) uint8 and object intensities (*S) of a "scene": each class present with probability 0.5,
+    one to three non-overlapping objects per present class, radius log-uniform in [0.04, 0.24] × side."""
+    dims = len(shape)
+    side = float(min(shape))
+    truth = np.zeros(shape, dtype=np.uint8)
+    objects = np.zeros(shape, dtype=np.float64)
+    occupied = np.zeros(shape, dtype=bool)
+    shape_field = _smooth_noise(rng, shape, sigma=side / 16.0)
+    min_voxels = 6 if dims == 2 else 10
+    present = rng.random(num_classes - 1) < 0.5
+    for c in np.flatnonzero(present) + 1:
+        look = _SCENE_LOOKS[(c - 1) % len(_SCENE_LOOKS)]
+        for _ in range(int(rng.integers(1, 4))):
+            for _attempt in range(20):
+                radius = side * float(np.exp(rng.uniform(np.log(0.04), np.log(0.24))))
+                stretch = rng.uniform(*look["elongation"])
+                semi_axes = radius * np.array([stretch] + [1.0] * (dims - 1)) / stretch ** (1.0 / dims)
+                margin = semi_axes.max() + 1.0
+                if margin * 2 >= min(shape) - 2:
+                    continue
+                centre = np.array([rng.uniform(margin, n - 1 - margin) for n in shape])
+                level = _ellipsoid_level(coords, centre, semi_axes, _random_rotation(rng, dims))
+                if look["irregular"]:
+                    level = level * np.clip(1.0 + 0.35 * shape_field, 0.5, 1.5)
+                mask = _largest_component(level <= 1.0)
+                if mask.sum() >= min_voxels and not (mask & occupied).any():
+                    break
+            else:
+                continue
+            occupied |= dilate_mask(mask, 2.0)
+            truth[mask] = c
+            objects[mask] = look["amplitude"] * rng.uniform(0.8, 1.2)
+    return truth, objects
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -215,6 +296,7 @@ def synthetic_parameters(
     raters: Sequence[str] | None = None,
     labels_per_image: int | None = None,
     seed: int = 0,
+    layout: str = "nested",
 ) -> dict[str, Any]:
     """The validated, fully resolved generation parameters (the datalist's ``"generator"`` entry)."""
     size = _resolve_size(spatial_dims, image_size)
@@ -235,6 +317,8 @@ def synthetic_parameters(
         raise ValueError(f"labels_per_image must be in 1..{len(names)}, got {labels_per_image}.")
     if int(seed) < 0:
         raise ValueError(f"seed must be >= 0, got {seed}.")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
     return {
         "version": GENERATOR_VERSION,
         "spatial_dims": int(spatial_dims),
@@ -246,6 +330,7 @@ def synthetic_parameters(
         "raters": names,
         "labels_per_image": None if labels_per_image is None else int(labels_per_image),
         "seed": int(seed),
+        "layout": layout,
     }
 
 
@@ -256,6 +341,12 @@ def _save_nifti(array: np.ndarray, path: Path) -> None:
 def _cm_to_json(cm: np.ndarray) -> list:
     """(L, L) float array with NaN -> nested lists with None (JSON has no NaN)."""
     return [[None if np.isnan(v) else float(v) for v in row] for row in cm]
+
+
+def _class_names(num_classes: int, layout: str) -> dict[str, str]:
+    if layout == "scene":
+        return {"0": "background", **{str(c): f"kind{c}" for c in range(1, num_classes)}}
+    return {"0": "background", "1": "object", **{str(c): f"core{c - 1}" for c in range(2, num_classes)}}
 
 
 def _write_dataset(root: Path, params: dict[str, Any]) -> None:
@@ -271,7 +362,7 @@ def _write_dataset(root: Path, params: dict[str, Any]) -> None:
         "description": "Synthetic multi-rater segmentation data (multirater_monai.data.synthetic).",
         "spatial_dims": dims,
         "num_classes": num_classes,
-        "labels": {"0": "background", "1": "object", **{str(c): f"core{c - 1}" for c in range(2, num_classes)}},
+        "labels": _class_names(num_classes, params["layout"]),
         "raters": names,
         "labels_per_image": k,
         "generator": params,
@@ -287,7 +378,7 @@ def _write_dataset(root: Path, params: dict[str, Any]) -> None:
         for i in range(size):
             case = f"{_SPLIT_PREFIX[split]}_{i:04d}"
             rng = np.random.default_rng([seed, _IMAGE_STREAM, case_index])
-            image, truth = make_synthetic_image(rng, dims, num_classes, params["image_size"])
+            image, truth = make_synthetic_image(rng, dims, num_classes, params["image_size"], params["layout"])
             _save_nifti(image[0], root / "images" / f"{case}.nii.gz")
             _save_nifti(truth.astype(label_dtype), root / "gt" / f"{case}.nii.gz")
             paths, cms = [], []
@@ -300,9 +391,10 @@ def _write_dataset(root: Path, params: dict[str, Any]) -> None:
                     paths.append(path)
                 else:
                     paths.append(None)
-            items.append(
-                {"image": f"images/{case}.nii.gz", "label": paths, "gt": f"gt/{case}.nii.gz", "true_cm": cms}
-            )
+            item = {"image": f"images/{case}.nii.gz", "label": paths, "gt": f"gt/{case}.nii.gz", "true_cm": cms}
+            if k == 1:  # one annotator per image: the data contract's "annotator"
+                item["annotator"] = int(np.flatnonzero(kept[i])[0])
+            items.append(item)
             case_index += 1
         datalist[split] = items
     (root / DATALIST_NAME).write_text(dump_datalist(datalist))
@@ -311,9 +403,10 @@ def _write_dataset(root: Path, params: dict[str, Any]) -> None:
 def _existing_parameters(folder: Path) -> dict[str, Any] | None:
     """The ``"generator"`` entry of the synthetic datalist in ``folder``, or None if there is none."""
     try:
-        return json.loads((folder / DATALIST_NAME).read_text()).get("generator")
+        params = json.loads((folder / DATALIST_NAME).read_text()).get("generator")
     except (OSError, ValueError, AttributeError):
         return None
+    return None if params is None else {**PARAMETER_DEFAULTS, **params}
 
 
 def _is_empty_or_missing(folder: Path) -> bool:
@@ -358,6 +451,7 @@ def generate_synthetic_dataset(
     raters: Sequence[str] | None = None,
     labels_per_image: int | None = None,
     seed: int = 0,
+    layout: str = "nested",
 ) -> Path:
     """Generate a synthetic multi-rater dataset as NIfTI files and a decathlon-style datalist.
 
@@ -405,8 +499,11 @@ def generate_synthetic_dataset(
         image_size: side length or per-axis sizes (default 64 in 2D, 32 in 3D).
         num_train, num_val, num_test: split sizes (defaults above).
         raters: registry rater names in order (``"a+b"`` composes).
-        labels_per_image: raters kept per image; None keeps all.
+        labels_per_image: raters kept per image; None keeps all. With 1, each item records its rater's
+            index as ``"annotator"`` (one annotator per image, e.g. ``raters=TAX_RATERS``).
         seed: non-negative seed of everything.
+        layout: ``"nested"`` (default) or ``"scene"`` (classes present or absent per image, objects at
+            several scales), see the module docstring.
 
     Returns:
         Path of ``output_dir/datalist.json``.
@@ -415,7 +512,7 @@ def generate_synthetic_dataset(
         FileExistsError: ``output_dir`` holds something other than this dataset.
     """
     params = synthetic_parameters(
-        spatial_dims, num_classes, image_size, num_train, num_val, num_test, raters, labels_per_image, seed
+        spatial_dims, num_classes, image_size, num_train, num_val, num_test, raters, labels_per_image, seed, layout
     )
     out = Path(output_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
@@ -450,6 +547,7 @@ def ensure_synthetic_dataset(
     raters: Sequence[str] | None = None,
     labels_per_image: int | None = None,
     seed: int = 0,
+    layout: str = "nested",
 ) -> Path:
     """The datalist of the synthetic dataset in ``output_dir``, generated on first use.
 
@@ -461,7 +559,7 @@ def ensure_synthetic_dataset(
         ValueError: ``output_dir`` holds a dataset generated with other parameters, or something else.
     """
     params = synthetic_parameters(
-        spatial_dims, num_classes, image_size, num_train, num_val, num_test, raters, labels_per_image, seed
+        spatial_dims, num_classes, image_size, num_train, num_val, num_test, raters, labels_per_image, seed, layout
     )
     out = Path(output_dir).expanduser().absolute()
     if _is_empty_or_missing(out):

@@ -27,7 +27,10 @@ Raters (registry :data:`RATERS`, :func:`make_rater`):
     patches; ``over`` dilation; ``under`` erosion; ``fracture`` random small holes and cuts;
     ``wrong`` over-segmentation followed by fractures (CM-Net's "wrong segmentation");
     ``blank`` all background; ``contrast`` image dependent: per connected object, dilates objects
-    that contrast with their surroundings and erodes faint ones.
+    that contrast with their surroundings and erodes faint ones; ``simplify`` straight outlines: each
+    object replaced by the few-sided polygon / polyhedron circumscribing it.
+    The TAX paper's tendencies (``dilated``, ``eroded``, ``simplified``, ``none``) are aliases of
+    ``over``, ``under``, ``simplify`` and ``perfect`` (:data:`TAX_RATERS`).
 :class:`ComposeRaters` applies raters in sequence (also by name: ``make_rater("over+fracture")``).
 :class:`SimulateRatersd` is the MONAI dictionary transform that simulates (R, *S) rater labels.
 """
@@ -58,10 +61,12 @@ __all__ = [
     "FractureRater",
     "BlankRater",
     "ContrastRater",
+    "SimplifyRater",
     "ComposeRaters",
     "WrongRater",
     "RATERS",
     "DEFAULT_RATERS",
+    "TAX_RATERS",
     "make_rater",
     "rater_rng",
     "dilate_mask",
@@ -73,6 +78,9 @@ __all__ = [
 
 DEFAULT_RATERS: tuple[str, ...] = ("good", "over", "under", "wrong", "blank")
 """The rater set of the synthetic data and of :class:`SimulateRatersd` by default."""
+
+TAX_RATERS: tuple[str, ...] = ("dilated", "eroded", "simplified", "none")
+"""The TAX paper's four labelling tendencies (its section 4.1.1), one annotator per image."""
 
 RngLike = Union[np.random.Generator, int, None]
 
@@ -406,6 +414,59 @@ class ContrastRater(MaskRater):
         return dilate_mask(conspicuous, self.over_radius) | erode_mask(mask & ~conspicuous, self.under_radius)
 
 
+def _facet_normals(spatial_dims: int, facets: int, rng: np.random.Generator) -> np.ndarray:
+    """(K, D) unit normals spread evenly around the circle (2D) or the sphere (3D, Fibonacci points), randomly rotated."""
+    if spatial_dims == 2:
+        angles = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(facets) / facets
+        return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    index = np.arange(facets) + 0.5
+    polar = np.arccos(1 - 2 * index / facets)
+    azimuth = np.pi * (1 + 5**0.5) * index
+    points = np.stack([np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)], axis=1)
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    return points @ (q * np.sign(np.diag(r))).T
+
+
+class SimplifyRater(MaskRater):
+    """Simplified outlines (the TAX paper's "simplified" tendency: straighter contours).
+
+    Each connected component of every region (full connectivity) is replaced by the convex polygon
+    (2D) / polyhedron (3D) with ``facets`` sides that circumscribes it: for ``facets`` directions
+    ``n_k`` evenly spread and randomly rotated, the half-space ``n_k · x <= max over the component of
+    n_k · x``. Concavities are filled and curved boundaries become straight segments, slightly
+    over-segmenting; components under 3 voxels are kept as they are.
+
+    Args:
+        facets: number of sides (2D) or faces (3D) of the circumscribing polytope (>= 3 in 2D, >= 4 in 3D).
+    """
+
+    name = "simplify"
+
+    def __init__(self, facets: int | None = None) -> None:
+        if facets is not None and facets < 3:
+            raise ValueError(f"facets must be >= 3, got {facets}.")
+        self.facets = facets
+
+    def transform_mask(self, mask: np.ndarray, image: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        dims = mask.ndim
+        facets = self.facets or (6 if dims == 2 else 20)
+        out = mask.copy()
+        components, num = ndimage.label(mask, structure=ndimage.generate_binary_structure(dims, dims))
+        for index, box in enumerate(ndimage.find_objects(components), start=1):
+            points = np.argwhere(components[box] == index).astype(np.float64)  # (N, D) in box coordinates
+            if len(points) < 3:
+                continue
+            normals = _facet_normals(dims, facets, rng)
+            support = (points @ normals.T).max(axis=0) + 0.5  # half a voxel: the polytope holds the voxels
+            pad = [(max(s.start - 2, 0), min(s.stop + 2, n)) for s, n in zip(box, mask.shape)]
+            grid = np.stack(
+                np.meshgrid(*[np.arange(a, b) - s.start for (a, b), s in zip(pad, box)], indexing="ij"), axis=-1
+            )
+            inside = (grid @ normals.T <= support).all(axis=-1)
+            out[tuple(slice(a, b) for a, b in pad)] |= inside
+        return out
+
+
 class ComposeRaters(Rater):
     """Raters applied in sequence: each one's output is the next one's reference label.
 
@@ -447,6 +508,12 @@ RATERS: dict[str, Callable[..., Rater]] = {
     "wrong": WrongRater,
     "blank": BlankRater,
     "contrast": ContrastRater,
+    "simplify": SimplifyRater,
+    # the TAX paper's names of its tendencies
+    "dilated": OverRater,
+    "eroded": UnderRater,
+    "simplified": SimplifyRater,
+    "none": PerfectRater,
 }
 """Registry of rater classes by name."""
 
