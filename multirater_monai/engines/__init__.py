@@ -1,20 +1,33 @@
-"""Ignite engines and handlers shared by the bundles."""
+"""Ignite engines and handlers shared by the bundles: trainer, training steps, stage schedule, teachers."""
 
+from .adapters import AllOutputs, StackedOutputs, call_network, unwrap_network
 from .checkpoints import latest_checkpoint
-from .iteration import AllOutputs, AllOutputsIteration
 from .model_saver import BestModelSaver
-from .prepare_batch import PrepareBatchKeys
-from .stages import MultiStageSchedule, Stage, total_epochs
+from .prepare_batch import PrepareBatchDict, PrepareBatchKeys
+from .report import EpochReport
+from .stages import MultiStageSchedule, Stage, frozen_modules, total_epochs
+from .steps import RecurrentStep, TrainStep
 from .summary import print_run_summary
+from .teacher import Teacher
+from .trainer import MultiRaterTrainer
 
 __all__ = [
     "AllOutputs",
-    "AllOutputsIteration",
     "BestModelSaver",
+    "EpochReport",
+    "MultiRaterTrainer",
     "MultiStageSchedule",
+    "PrepareBatchDict",
     "PrepareBatchKeys",
+    "RecurrentStep",
+    "StackedOutputs",
     "Stage",
+    "Teacher",
+    "TrainStep",
+    "call_network",
+    "frozen_modules",
     "latest_checkpoint",
     "print_run_summary",
     "total_epochs",
+    "unwrap_network",
 ]

@@ -11,7 +11,7 @@ Eq. (4) sums ``CE + λ·tr`` over the annotating raters of each image and over i
 divided by the number of annotating pairs (and with pixel means instead of pixel sums): ``λ`` (the
 ``trace_weight``) keeps the paper's meaning, the weight of one rater's mean trace against that rater's
 cross-entropy, and the loss scale does not depend on the number of raters. Two deviations from the
-authors' code (``METHODS.md``): the NLL is taken on the log of the clamped probability ``A_r · p``
+authors' code (see ``bundles/cmnet/docs/README.md``): the NLL is taken on the log of the clamped probability ``A_r · p``
 (their ``CrossEntropyLoss`` on a probability applies a second softmax), and the trace is averaged
 over raters with the NLL, not summed over raters on its own.
 """
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import torch
 from monai.utils import LossReduction
 
-from multirater_monai.constants import MISSING_LABEL
+from multirater_monai.constants import LABEL, MISSING_LABEL
 
 __all__ = ["CMNetLoss"]
 
@@ -86,20 +86,26 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
         """
         return cls(trace_weight=-abs(trace_weight), nll_weight=nll_weight, eps=eps, reduction=reduction)
 
-    def forward(self, outputs: Mapping[str, torch.Tensor], rater_labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, outputs: Mapping[str, torch.Tensor], rater_labels: torch.Tensor | Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
         """Loss of a batch.
 
         Args:
             outputs: at least ``"rater_probs"`` (B, R, L, *S) and ``"cm"`` (B, R, L, L, *S),
                 column-stochastic (``CMNet.forward_all``).
             rater_labels: (B, R, *S) class indices in ``0..L-1``, or -1 (not annotated); integer, or
-                float holding integers.
+                float holding integers. Or the batch dict of a training step, whose ``"label"`` they are.
 
         Returns:
             scalar, or (B, R) for ``reduction="none"``.
         """
         if "rater_probs" not in outputs or "cm" not in outputs:
             raise ValueError(f"outputs must contain 'rater_probs' and 'cm', got keys {sorted(outputs)}.")
+        if isinstance(rater_labels, Mapping):
+            if LABEL not in rater_labels:
+                raise KeyError(f"the batch has no '{LABEL}' (rater labels); has {sorted(rater_labels)}.")
+            rater_labels = rater_labels[LABEL]
         rater_probs, cm = _plain(outputs["rater_probs"]), _plain(outputs["cm"])
         labels = _plain(torch.as_tensor(rater_labels)).to(rater_probs.device)
         if rater_probs.ndim < 4:
