@@ -182,7 +182,7 @@ def test_resume_continues_from_checkpoint(trained_bundle):
     assert epochs_done == 2, "the resumed run did not continue to the second epoch"
     log = trained_bundle["resume_log"]
     assert "Restored all variables" in log
-    assert "Epoch: 2/2" in log and "Epoch: 1/2" not in log, "the resumed run trained epoch 1 again"
+    assert "epoch 2/2" in log and "epoch 1/2" not in log, "the resumed run trained epoch 1 again"
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from multirater_monai.networks import CMNet, cm_memory_elements, split_cmnet_maps
+from multirater_monai.engines import StackedOutputs
+from multirater_monai.networks import CMNet, cm_memory_elements
 
 SMALL = {"channels": (4, 8), "strides": (2,), "num_res_units": 1, "feature_channels": 4, "head_channels": 4}
 L, R = 3, 2
@@ -84,26 +85,30 @@ def test_forward_returns_only_logits(cm_type):
     torch.testing.assert_close(logits, net.forward_all(x)["logits"])
 
 
+MAPS = ["logits", "rater_probs", "cm"]
+
+
 @pytest.mark.parametrize("cm_type", ["pixel", "low_rank", "global"])
-def test_forward_maps_round_trip(cm_type):
+def test_stacked_outputs_round_trip(cm_type):
     net = _net(2, cm_type, shared_trunk=False).eval()
     x = _image(2)
-    maps = net.forward_maps(x)
+    stacked = StackedOutputs(net, MAPS, spatial_dims=2)
+    maps = stacked(x)
     assert maps.shape == (2, L + R * L + R * L * L, 8, 8)
-    parts, out = split_cmnet_maps(maps, L, R), net.forward_all(x)
-    assert set(parts) == set(out)
-    for key in out:
+    parts, out = stacked.split(maps), net.forward_all(x)
+    for key in MAPS:
         torch.testing.assert_close(parts[key], out[key])
-    with pytest.raises(ValueError, match="maps must be"):
-        split_cmnet_maps(maps, L, R + 1)
+    with pytest.raises(ValueError, match="channels"):
+        stacked.split(maps[:, 1:])
 
 
-def test_forward_maps_with_sliding_window():
+def test_stacked_outputs_with_sliding_window():
     net = _net(2, "pixel").eval()
     x = _image(2, batch=1, size=16)
     inferer = SlidingWindowInferer(roi_size=(8, 8), sw_batch_size=2, overlap=0.5, mode="gaussian")
+    stacked = StackedOutputs(net, MAPS, spatial_dims=2)
     with torch.no_grad():
-        parts = split_cmnet_maps(inferer(x, net.forward_maps), L, R)
+        parts = stacked.split(inferer(x, stacked))
     assert parts["cm"].shape == (1, R, L, L, 16, 16)
     torch.testing.assert_close(parts["cm"].sum(2), torch.ones(1, R, L, 16, 16))
     torch.testing.assert_close(parts["rater_probs"].sum(2), torch.ones(1, R, 16, 16))

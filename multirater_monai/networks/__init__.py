@@ -1,4 +1,4 @@
-"""Networks of the multi-rater methods; ``forward(image)`` returns consensus logits (``DESIGN.md``)."""
+"""Networks of the multi-rater methods; ``forward(image)`` returns consensus logits (``docs/design.md``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from multirater_monai.networks.cmnet import (
     CMNetAnnotator,
     CMNetOutput,
     cm_memory_elements,
-    split_cmnet_maps,
 )
 from multirater_monai.networks.confusion_heads import (
     GlobalConfusionMatrices,
@@ -29,5 +28,4 @@ __all__ = [
     "PixelConfusionHead",
     "RaterConvHeads",
     "cm_memory_elements",
-    "split_cmnet_maps",
 ]

@@ -4,9 +4,9 @@ The segmentation part estimates the true label distribution ``p(y | x)`` (consen
 channels). The annotator part gives, per rater ``r``, a column-stochastic confusion matrix
 ``A_r[i, j] = p(rater r says i | truth j)`` (pixel-wise, low-rank pixel-wise or global, see
 :mod:`multirater_monai.networks.confusion_heads`); the rater's predicted distribution is ``A_r · p``
-per pixel. ``forward`` returns the consensus logits only (``DESIGN.md``); :meth:`CMNet.forward_all`
-returns everything the loss and the explanations need, :meth:`CMNet.forward_maps` the same as one
-tensor for sliding-window inference, unpacked by :func:`split_cmnet_maps`.
+per pixel. ``forward`` returns the consensus logits only (``docs/design.md``); :meth:`CMNet.forward_all`
+returns everything the loss and the explanations need (stacked as one tensor for sliding-window
+inference by :class:`multirater_monai.engines.StackedOutputs`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from multirater_monai.networks.confusion_heads import (
 )
 from multirater_monai.networks.feature_unet import FeatureUNet
 
-__all__ = ["CM_TYPES", "CMNet", "CMNetAnnotator", "CMNetOutput", "cm_memory_elements", "split_cmnet_maps"]
+__all__ = ["CM_TYPES", "CMNet", "CMNetAnnotator", "CMNetOutput", "cm_memory_elements"]
 
 CM_TYPES = ("pixel", "low_rank", "global")
 
@@ -192,40 +192,6 @@ class CMNet(torch.nn.Module):
         else:
             rater_probs = torch.einsum("brij...,bj...->bri...", cm, probs)
         return CMNetOutput(logits=logits, probs=probs, cm=cm, rater_probs=rater_probs)
-
-    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """All outputs as one (B, L + R·L + R·L², *S) tensor, e.g. for a sliding-window inferer.
-
-        Channels: the ``L`` logits, then ``rater_probs`` (rater-major, ``r * L + i``), then ``cm``
-        (``(r * L + i) * L + j``). Unpack with :func:`split_cmnet_maps`. Stitched (averaged) windows
-        keep rater probabilities and matrix columns normalised, as averages of normalised ones.
-        """
-        out = self.forward_all(x)
-        return torch.cat([out["logits"], out["rater_probs"].flatten(1, 2), out["cm"].flatten(1, 3)], dim=1)
-
-
-def split_cmnet_maps(maps: torch.Tensor, num_classes: int, num_raters: int) -> CMNetOutput:
-    """Unpack :meth:`CMNet.forward_maps` into the entries of :meth:`CMNet.forward_all` (views, no copy).
-
-    Args:
-        maps: (B, L + R·L + R·L², *S).
-        num_classes: ``L``.
-        num_raters: ``R``.
-
-    Returns:
-        :class:`CMNetOutput`; ``probs`` is the softmax of the (possibly stitched) logits.
-    """
-    n_l, n_r = num_classes, num_raters
-    expected = n_l + n_r * n_l + n_r * n_l * n_l
-    if maps.ndim < 3 or maps.shape[1] != expected:
-        raise ValueError(
-            f"maps must be (B, L + R·L + R·L², *S) = (B, {expected}, ...) for L={n_l}, R={n_r}, "
-            f"got {tuple(maps.shape)}."
-        )
-    logits = maps[:, :n_l]
-    rater_probs = maps[:, n_l : n_l + n_r * n_l].unflatten(1, (n_r, n_l))
-    cm = maps[:, n_l + n_r * n_l :].unflatten(1, (n_r, n_l, n_l))
-    return CMNetOutput(logits=logits, probs=torch.softmax(logits, dim=1), cm=cm, rater_probs=rater_probs)
 
 
 def cm_memory_elements(

@@ -41,8 +41,8 @@ class SplitOutputsd(MapTransform):
     """Unpack a network's concatenated output maps into named entries of the data dict.
 
     For networks that stack several outputs as channels so that a sliding-window inferer can stitch
-    them (e.g. CM-Net's ``forward_maps``). ``split`` maps a batched (B, C, *S) tensor to a dict of
-    batched tensors; each entry is stored (unbatched) under its name, and ``keys`` is replaced by the
+    them (:class:`multirater_monai.engines.StackedOutputs`, whose ``split`` fits here). ``split`` maps a
+    batched (B, C, *S) tensor to a dict of batched tensors; each entry is stored (unbatched) under its name, and ``keys`` is replaced by the
     entry ``pred_entry`` (the consensus logits). Meta data of the input is kept.
 
     Args:
