@@ -1,8 +1,9 @@
 """Train-step time and peak memory of bundles, in 2D and 3D, relative to the fused_unet baseline.
 
-The network, loss, optimiser, batch size and patch size are read from each bundle's own
-``train.json`` (with ``3d.json`` merged over it for 3D), so the figures are those of what the bundle
-trains. Each (bundle, dims) pair runs in a fresh process: peak memory is the growth of the
+Each bundle's own ``train.json`` (with ``3d.json`` merged over it for 3D) builds the trainer: its
+network, loss, optimiser, training step and schedule (the step is timed in the schedule's last stage),
+on a batch that the bundle's own pre-processing makes from a small synthetic set (generated once under
+``--data``), so the figures are those of what the bundle trains. Each (bundle, dims) pair runs in a fresh process: peak memory is the growth of the
 process's peak resident set over its size before the first step (CPU) or ``torch.cuda.max_memory_allocated`` (GPU) over the steps.
 Ratios are against ``fused_unet`` of the same dimensionality and number of classes, measured in the
 same run.
@@ -38,8 +39,10 @@ def _current_rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def measure(spec: str, dims: int, steps: int, warmup: int, device: str) -> dict:
-    """Time ``steps`` train steps (forward, loss, backward, optimiser step) of a bundle variant in ``dims``-D."""
+def measure(spec: str, dims: int, steps: int, warmup: int, device: str, data_dir: Path) -> dict:
+    """Time ``steps`` train steps of a bundle variant in ``dims``-D: the bundle's own trainer and training step
+    (forward, loss, backward, optimiser step, iteration events) on a batch from its own pre-processing, in the
+    last stage of its schedule."""
     bundle, overrides = parse_bundle_spec(spec)
     import torch
     from monai.bundle import ConfigParser
@@ -49,33 +52,25 @@ def measure(spec: str, dims: int, steps: int, warmup: int, device: str) -> dict:
     parser = ConfigParser()
     parser.read_config(files)
     parser["device"] = f"$torch.device('{device}')"
+    parser["mlflow_enabled"] = False
+    parser["bundle_root"] = str(data_dir / "bundle_root")
     for key, value in overrides.items():
         parser[key] = value
+    batch_size = parser.get_parsed_content("batch_size")
+    # a small synthetic set in the bundle's own geometry, so that the batch comes from its own pre-processing
+    parser["dataset_dir"] = str(data_dir / f"{dims}d_{parser.get_parsed_content('num_classes')}class")
+    parser["synthetic#num_train"], parser["synthetic#num_val"], parser["synthetic#num_test"] = batch_size, 1, 1
     torch.manual_seed(0)
-    net = parser.get_parsed_content("network")
-    loss_fn = parser.get_parsed_content("loss")
-    optimizer = parser.get_parsed_content("optimizer")
-    batch, channels, classes = parser["batch_size"], parser["in_channels"], parser["num_classes"]
-    patch = parser.get_parsed_content("patch_size")
-    image = torch.randn(batch, channels, *patch, device=device)
-    if parser.get("train#prepare_batch#label_key") == "label":
-        # multi-rater loss: all the network's outputs against the (B, R, *S) rater labels
-        raters = parser["num_raters"]
-        target = torch.randint(0, classes, (batch, raters, *patch), device=device)
-        forward = net.forward_all
-    else:
-        # loss on a fused (B, L, *S) target
-        target = torch.nn.functional.one_hot(torch.randint(0, classes, (batch, *patch), device=device), classes)
-        target = target.movedim(-1, 1).float()
-        forward = net
+    trainer = parser.get_parsed_content("train#trainer")
+    batch = next(iter(trainer.data_loader))
+    schedule = trainer.schedule
+    if schedule is not None:  # the main stage: the last one with epochs
+        schedule.enter(trainer, schedule.epoch_stages[-1])
+    trainer.state.iteration, trainer.state.epoch = 1, 1
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(forward(image), target)
-        loss.backward()
-        optimizer.step()
+        trainer.train_step(trainer, batch)
 
-    net.train()
     # the baseline is taken before the first step, so the peak includes activations, gradients and
     # optimiser state created by the steps
     if device.startswith("cuda"):
@@ -102,8 +97,8 @@ def measure(spec: str, dims: int, steps: int, warmup: int, device: str) -> dict:
         "bundle": spec,
         "dims": dims,
         "device": device,
-        "batch": batch,
-        "patch": list(patch),
+        "batch": int(batch["image"].shape[0]),
+        "patch": list(batch["image"].shape[2:]),
         "step_ms_median": 1000 * statistics.median(times),
         "step_ms_min": 1000 * min(times),
         "peak_mib": peak,
@@ -119,10 +114,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "results" / "bench_data", help="synthetic sets")
     parser.add_argument("--single", nargs=2, metavar=("BUNDLE", "DIMS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single:
-        print(json.dumps(measure(args.single[0], int(args.single[1]), args.steps, args.warmup, args.device)))
+        print(json.dumps(measure(args.single[0], int(args.single[1]), args.steps, args.warmup, args.device, args.data)))
         return
 
     # every variant is compared with the baseline of the same number of classes
@@ -133,9 +129,11 @@ def main() -> None:
     for dims in args.dims:
         for bundle in bundles:
             cmd = [sys.executable, __file__, "--single", bundle, str(dims), "--steps", str(args.steps)]
-            cmd += ["--warmup", str(args.warmup), "--device", args.device]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            results.append(json.loads(out))
+            cmd += ["--warmup", str(args.warmup), "--device", args.device, "--data", str(args.data)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{bundle} ({dims}D) failed:\n{proc.stderr[-3000:]}")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     header = f"{'bundle':<34}{'dims':>5}{'batch x patch':>22}{'step ms':>10}{'peak MiB':>10}{'x time':>8}{'x mem':>8}"
     print(header)
     print("-" * len(header))

@@ -58,8 +58,6 @@ ARMS: dict[str, tuple[str, dict]] = {
     "cmnet_nowarmup": ("cmnet", {"cm_type": "pixel", "warmup_epochs": 0}),
 }
 ORACLE = "oracle"
-# bundles whose epochs are split into stages: the epochs given go to the last stage, less the earlier ones
-STAGED_EPOCHS = {"cmnet": ("joint_epochs", "warmup_epochs")}
 REGIMES = {"dense": None, "one": 1}
 PANELS = {
     # the protocol (CM-Net paper, appendix A.1): errors of opposite signs, majority vote nearly unbiased
@@ -140,15 +138,10 @@ def run_arm(arm: str, panel: str, regime: str, seed: int, out: Path, epochs: int
         "dataset_dir": str(data),
         "synthetic#raters": PANELS[panel],
         "synthetic#labels_per_image": REGIMES[regime],
-        "max_epochs": epochs,
+        "max_epochs": epochs,  # each bundle's stages take their lengths from it (see its train.json)
         "seed": seed,
         "mlflow_enabled": False,
     }
-    if bundle in STAGED_EPOCHS:
-        last, first = STAGED_EPOCHS[bundle]
-        overrides[last] = f"$%d - @{first}" % epochs
-        if arm_overrides.get(first) == 0:  # no warm-up: the joint stage alone
-            overrides["stages"] = [{"name": "joint", "epochs": f"@{last}", "loss_function": "@loss"}]
     train_overrides = dict(overrides)
     if arm == ORACLE:
         train_overrides.update(datalist=str(data.parent / f"{data.name}_oracle.json"), num_raters=1)

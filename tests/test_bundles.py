@@ -172,6 +172,15 @@ def test_train_writes_model_checkpoint_and_mlflow(trained_bundle):
 
 
 @pytest.mark.slow
+def test_console_shows_one_line_per_epoch(trained_bundle):
+    """A progress bar and one metrics line per epoch; no per-iteration loss lines or engine chatter."""
+    lines = trained_bundle["train_log"].splitlines()
+    epoch_lines = [line for line in lines if " - multirater - INFO - epoch " in line]
+    assert len(epoch_lines) == 1 and "train_loss" in epoch_lines[0] and "val_dice" in epoch_lines[0]
+    assert not any("Loss:" in line or "ignite.engine" in line for line in lines)
+
+
+@pytest.mark.slow
 def test_resume_continues_from_checkpoint(trained_bundle):
     bundle = trained_bundle["bundle"]
     checkpoints = sorted((bundle / "models" / "checkpoints").glob("*.pt"))

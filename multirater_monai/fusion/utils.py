@@ -1,4 +1,4 @@
-"""Checks shared by the label-fusion functions: the multi-rater data contract of ``DESIGN.md``."""
+"""Checks shared by the label-fusion functions: the multi-rater data contract of ``docs/design.md``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Metrics of the evaluation protocol (``METHODS.md``): hard Dice, mIoU, thresholded soft Dice,
-generalized energy distance and confusion-matrix estimation error.
+"""Metrics of the evaluation protocol (``docs/design.md``, "Evaluation protocol"): hard Dice, mIoU,
+thresholded soft Dice, generalized energy distance and confusion-matrix estimation error.
 
 ``compute_*`` functions take batch-first torch tensors; ``*Metric`` classes are MONAI cumulative
 metrics; the classes without suffix (``HardDice``, ``SoftDice``, ...) are Ignite handlers.

@@ -1,6 +1,6 @@
 """Confusion matrices between a rater's label map and the truth.
 
-Convention used across the project (CM-Net, ``METHODS.md``): a confusion matrix ``A`` of ``L``
+Convention used across the project (CM-Net, ``bundles/cmnet/docs/README.md``): a confusion matrix ``A`` of ``L``
 classes is column-normalised, ``A[i, j] = p(rater says i | truth is j)``; each column sums to 1.
 A column whose true class does not occur in the image is undefined and set to NaN.
 """

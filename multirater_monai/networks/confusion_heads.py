@@ -1,6 +1,6 @@
 """Annotator heads of CM-Net: per-rater confusion matrices, pixel-wise, low-rank pixel-wise or global.
 
-Convention (``METHODS.md``, :mod:`multirater_monai.metrics.confusion`): a confusion matrix ``A`` of ``L``
+Convention (:mod:`multirater_monai.metrics.confusion`): a confusion matrix ``A`` of ``L``
 classes is column-stochastic, ``A[i, j] = p(rater says i | truth is j)``. Every head here produces
 unnormalised scores ``M`` and normalises them with a softmax over the first ("noisy") axis ``i``::
 
