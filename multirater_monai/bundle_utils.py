@@ -1,13 +1,33 @@
-"""Helpers that bundle configs call to find their folders, data and tracking store."""
+"""Helpers that bundle configs call: folders, data, tracking store, command-line flags, output checks."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["find_bundle_root", "default_dataset_dir", "sqlite_tracking_uri", "parse_bundle_spec"]
+from multirater_monai.errors import UserError
+
+__all__ = [
+    "find_bundle_root",
+    "default_dataset_dir",
+    "sqlite_tracking_uri",
+    "parse_bundle_spec",
+    "flag",
+    "tracking_enabled",
+    "check_outputs_free",
+]
+
+logger = logging.getLogger(__name__)
+
+_TRUE = {"true", "1"}
+_FALSE = {"false", "0"}
 
 
 def find_bundle_root(name: str) -> str:
@@ -62,3 +82,91 @@ def parse_bundle_spec(spec: str) -> tuple[str, dict]:
         except json.JSONDecodeError:
             overrides[key] = value
     return bundle, overrides
+
+
+def flag(value: Any, name: str) -> bool:
+    """A boolean option as given in a config or on the command line.
+
+    ``python -m monai.bundle run ... --resume false`` passes the *string* ``"false"``, which Python reads as
+    true. Every boolean option of a bundle goes through this function (the ``flags`` section of its
+    configs), which accepts ``true`` / ``false`` in any case, ``1`` / ``0`` and real booleans.
+
+    Raises:
+        UserError: any other value, naming the option.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise UserError(f"option --{name}: expected true or false (or 1 / 0), got {value!r}")
+
+
+def tracking_enabled(enabled: Any, tracking_uri: str, fallback: Any = False, timeout: float = 5.0) -> bool:
+    """Whether the run logs to MLflow: the ``mlflow_enabled`` option, after checking that ``tracking_uri`` answers.
+
+    An ``http(s)://`` tracking server is asked once (``<uri>/health``, ``timeout`` seconds); any HTTP answer
+    counts as reachable. Local stores (``sqlite:///``, ``file:``, a path) are not checked here.
+
+    Args:
+        enabled: the ``mlflow_enabled`` option.
+        tracking_uri: the ``tracking_uri`` option.
+        fallback: the ``tracking_fallback`` option: train without tracking (with a warning) when the server
+            does not answer, instead of stopping.
+
+    Raises:
+        UserError: the server does not answer and ``fallback`` is false, naming the URI.
+    """
+    if not flag(enabled, "mlflow_enabled"):
+        return False
+    uri = str(tracking_uri)
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # the server answered
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        if flag(fallback, "tracking_fallback"):
+            logger.warning(f"MLflow tracking server {uri} does not answer ({reason}): training without tracking")
+            return False
+        raise UserError(
+            f"MLflow tracking server {uri} does not answer ({reason}): start it, give another --tracking_uri, "
+            "--mlflow_enabled false to train without tracking, or --tracking_fallback true to go on without it "
+            "when the server is down"
+        ) from None
+    return True
+
+
+def check_outputs_free(input_files: Sequence[str], output_dir: str | os.PathLike, overwrite: Any = False) -> None:
+    """Refuse to run an inference whose outputs would replace files already in ``output_dir``.
+
+    An input ``<dir>/<case>.nii.gz`` writes ``<output_dir>/<case>_<what>.<ext>`` files (segmentation,
+    per-rater maps, figures): any existing file of that form belongs to an earlier run.
+
+    Args:
+        input_files: the images to segment.
+        output_dir: where the outputs go.
+        overwrite: the ``overwrite`` option: replace them.
+
+    Raises:
+        UserError: naming the first file that would be replaced, before anything is written.
+    """
+    if flag(overwrite, "overwrite"):
+        return
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return
+    existing = sorted(p.name for p in folder.iterdir() if p.is_file())
+    for path in input_files:
+        name = Path(path).name
+        stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+        taken = [f for f in existing if f.startswith(stem + "_")]
+        if taken:
+            more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+            raise UserError(
+                f"{folder / taken[0]}: exists from an earlier inference of {path}{more}; give another "
+                "--output_dir, or --overwrite true to replace the outputs"
+            )

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -115,18 +117,36 @@ def _failure_report(output: str, tail: int = 4000) -> str:
     return "error lines:\n" + "\n".join(dict.fromkeys(errors))[:6000] + "\n\nend of output:\n" + output[-tail:]
 
 
-def _run_bundle(cwd: Path, config_files: list[str], overrides: dict, log: Path) -> str:
-    """``python -m monai.bundle run`` as a user types it, with overrides given as one more config file."""
+def _bundle_process(
+    cwd: Path, config_files: list[str], overrides: dict, log: Path, args: list[str] = ()
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` as a user types it, with overrides given as one more config file and
+    ``args`` as command-line options."""
     override_file = log.with_suffix(".override.json")
     override_file.write_text(json.dumps(overrides))
     files = [*config_files, str(override_file)]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files).replace('"', "'")]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files).replace('"', "'"), *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_TRACKING_URI="")
     env.pop("MLFLOW_TRACKING_URI")
+    env.pop("MULTIRATER_TRACEBACK", None)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     log.write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed in {cwd}:\n{_failure_report(proc.stdout + proc.stderr)}"
+    return proc
+
+
+def _run_bundle(cwd: Path, config_files: list[str], overrides: dict, log: Path, args: list[str] = ()) -> str:
+    proc = _bundle_process(cwd, config_files, overrides, log, args)
+    assert proc.returncode == 0, f"{proc.args} failed in {cwd}:\n{_failure_report(proc.stdout + proc.stderr)}"
     return proc.stdout + proc.stderr
+
+
+def _fails_with_one_line(proc: subprocess.CompletedProcess, expected: str) -> str:
+    """The run stopped (exit 1) with ``ERROR: ...expected...`` and no traceback; returns that line."""
+    assert proc.returncode == 1, f"exit {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR: ")]
+    assert errors and expected in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return errors[0]
 
 
 @pytest.fixture(scope="module", params=BUNDLES)
@@ -144,8 +164,13 @@ def trained_bundle(request, tmp_path_factory):
     # from inside the bundle folder, as `cd bundles/<name>; python -m monai.bundle run --config_file configs/train.json`
     train_log = _run_bundle(bundle, ["configs/train.json"], overrides, repo / "train.log")
     first_epoch_model = (bundle / "models" / "model.pt").read_bytes()
-    resumed = {**overrides, "max_epochs": 2, "resume": True}
-    resume_log = _run_bundle(bundle, ["configs/train.json"], resumed, repo / "resume.log")
+    resumed = {**overrides, "max_epochs": 2}
+    resume_log = _run_bundle(bundle, ["configs/train.json"], resumed, repo / "resume.log", ["--resume", "true"])
+    # the same two epochs without interruption, in another copy of the bundle
+    straight = tmp_path_factory.mktemp(f"straight_{name}")
+    straight_bundle = straight / "bundles" / name
+    shutil.copytree(ROOT / "bundles" / name, straight_bundle, ignore=shutil.ignore_patterns("models", "runs", "eval"))
+    _run_bundle(straight_bundle, ["configs/train.json"], {**overrides, "max_epochs": 2}, straight / "train.log")
     return {
         "name": name,
         "repo": repo,
@@ -154,6 +179,7 @@ def trained_bundle(request, tmp_path_factory):
         "train_log": train_log,
         "resume_log": resume_log,
         "first_epoch_model": first_epoch_model,
+        "straight_bundle": straight_bundle,
     }
 
 
@@ -190,8 +216,51 @@ def test_resume_continues_from_checkpoint(trained_bundle):
     epochs_done = trainer_state["iteration"] // trainer_state["epoch_length"]
     assert epochs_done == 2, "the resumed run did not continue to the second epoch"
     log = trained_bundle["resume_log"]
-    assert "Restored all variables" in log
+    assert re.search(r"resumed from .*train_checkpoint_epoch=1.pt \(epoch 1\)", log)
     assert "epoch 2/2" in log and "epoch 1/2" not in log, "the resumed run trained epoch 1 again"
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_training_gives_the_uninterrupted_weights(trained_bundle):
+    """One epoch, then --resume true for the second, gives the weights of two epochs in one run."""
+    resumed = torch.load(trained_bundle["bundle"] / "models" / "checkpoints" / "train_checkpoint_epoch=2.pt", weights_only=False)
+    straight = torch.load(trained_bundle["straight_bundle"] / "models" / "checkpoints" / "train_checkpoint_epoch=2.pt", weights_only=False)
+    assert set(resumed["network"]) == set(straight["network"])
+    for key, value in straight["network"].items():
+        assert torch.equal(resumed["network"][key], value), key
+    assert not (trained_bundle["bundle"] / "models" / "checkpoints" / "train_checkpoint_epoch=1.pt").exists()  # no stale one
+
+
+# Failure modes handled by the shared blocks (multirater_monai/bundle_templates, which test_bundle_sync.py
+# checks every bundle holds) and the shared engine: run end to end on one bundle, the cheapest.
+SHARED_BEHAVIOUR = pytest.mark.parametrize("trained_bundle", ["fused_unet"], indirect=True)
+
+
+@pytest.mark.slow
+@SHARED_BEHAVIOUR
+def test_nan_training_stops_and_keeps_the_model(trained_bundle):
+    """A diverging run stops at its first non-finite loss, naming epoch and iteration; model.pt and the
+    checkpoint of the earlier run are untouched."""
+    bundle = trained_bundle["bundle"]
+    model = (bundle / "models" / "model.pt").read_bytes()
+    checkpoints = {p.name: p.read_bytes() for p in (bundle / "models" / "checkpoints").iterdir()}
+    overrides = {**trained_bundle["overrides"], "max_epochs": 3, "warmup_epochs": 0}
+    proc = _bundle_process(bundle, ["configs/train.json"], overrides, trained_bundle["repo"] / "nan.log", ["--learning_rate", "1e6"])
+    _fails_with_one_line(proc, "the training loss is nan")
+    assert re.search(r"ERROR: epoch \d+, iteration \d+: the training loss is nan", proc.stderr)
+    assert (bundle / "models" / "model.pt").read_bytes() == model
+    assert {p.name: p.read_bytes() for p in (bundle / "models" / "checkpoints").iterdir()} == checkpoints
+
+
+@pytest.mark.slow
+@SHARED_BEHAVIOUR
+def test_unreachable_tracking_server_stops_the_run_at_once(trained_bundle):
+    bundle = trained_bundle["bundle"]
+    start = time.perf_counter()
+    proc = _bundle_process(bundle, ["configs/train.json"], trained_bundle["overrides"], trained_bundle["repo"] / "uri.log",
+                           ["--tracking_uri", "http://127.0.0.1:9"])
+    _fails_with_one_line(proc, "MLflow tracking server http://127.0.0.1:9 does not answer")
+    assert time.perf_counter() - start < 120  # was 256 s of retries
 
 
 @pytest.mark.slow
@@ -219,6 +288,14 @@ def test_inference_writes_segmentations_in_input_geometry(trained_bundle, tmp_pa
     )
     inputs = sorted(input_dir.glob("*.nii.gz"))
     outputs = sorted(out_dir.glob("*_seg.nii.gz"))
+    # a second run refuses to replace them, naming a file, unless asked
+    written = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    files = [f"bundles/{name}/configs/inference.json"]
+    overrides = {"input_dir": str(input_dir), "output_dir": str(out_dir)}
+    proc = _bundle_process(repo, files, overrides, repo / "inference2.log")
+    _fails_with_one_line(proc, "exists from an earlier inference of")
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == written
+    _run_bundle(repo, files, overrides, repo / "inference3.log", ["--overwrite", "true"])
     assert len(outputs) == len(inputs) > 0
     for src, seg in zip(inputs, outputs):
         a, b = nib.load(src), nib.load(seg)
@@ -331,3 +408,65 @@ def test_bad_datalist_fails_before_training(name, tmp_path):
     assert cause is not None, f"not a DatalistError: {err.value!r}"
     assert str(datalist) in str(cause) and "the datalist has 3 raters ['good', 'over', 'under']" in str(cause)
     assert "expects 5" in str(cause)
+
+
+@pytest.mark.slow
+@SHARED_BEHAVIOUR
+def test_inference_refuses_a_bad_image_in_one_line(trained_bundle, tmp_path):
+    """A NaN voxel or a truncated file in the input folder: one line naming the file, before any output."""
+    repo, name = trained_bundle["repo"], trained_bundle["name"]
+    source = sorted((repo / "datasets" / "tiny" / "images").glob("*.nii.gz"))[0]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = nib.load(source)
+    data = np.asarray(image.dataobj, dtype=np.float32).copy()
+    data.flat[5] = np.nan
+    nib.save(nib.Nifti1Image(data, image.affine), str(inputs / "nan.nii.gz"))
+    overrides = {"input_dir": str(inputs), "output_dir": str(tmp_path / "out")}
+    proc = _bundle_process(repo, [f"bundles/{name}/configs/inference.json"], overrides, tmp_path / "nan.log")
+    _fails_with_one_line(proc, f"{inputs / 'nan.nii.gz'}: image has 1 NaN / inf voxel(s)")
+    (inputs / "nan.nii.gz").unlink()
+    raw = source.read_bytes()
+    (inputs / "cut.nii.gz").write_bytes(raw[: len(raw) * 2 // 3])
+    proc = _bundle_process(repo, [f"bundles/{name}/configs/inference.json"], overrides, tmp_path / "cut.log")
+    _fails_with_one_line(proc, f"{inputs / 'cut.nii.gz'}: unreadable image")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _boolean_options(config: dict) -> list[str]:
+    return [k for k, v in config.items() if isinstance(v, bool)]
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+@pytest.mark.parametrize("files", [["train.json"], ["train.json", "evaluate.json"], ["inference.json"]])
+def test_every_boolean_option_goes_through_flag(name, files):
+    """``--option false`` on MONAI's command line is the string "false": every boolean option is read through
+    ``flag()`` (its ``flags#option`` entry), and nowhere raw."""
+    parser = ConfigParser()
+    parser.read_config([str(configs(name) / f) for f in files])
+    config = parser.get()
+    options = _boolean_options(config)
+    assert options, "no boolean option found"
+    text = json.dumps({k: v for k, v in config.items() if k != "flags"})
+    for option in options:
+        assert config["flags"].get(option) == f"$multirater_monai.bundle_utils.flag(@{option}, '{option}')", option
+        assert not re.search(rf"@{option}\b", text), f"@{option} used without flag()"
+
+
+def test_false_on_the_command_line_means_false(tmp_path):
+    """The case of the issue: --shared_trunk false built the shared-trunk network."""
+    from multirater_monai.errors import find_user_error
+
+    counts = {}
+    for value in (False, "false", "False", "0", True, "true"):
+        parser = ConfigParser()
+        parser.read_config(str(configs("cmnet") / "train.json"))
+        parser.update({"shared_trunk": value, "bundle_root": str(tmp_path)})
+        counts[value] = sum(p.numel() for p in parser.get_parsed_content("network_def").parameters())
+    assert counts[False] == counts["false"] == counts["False"] == counts["0"] != counts[True] == counts["true"]
+    parser = ConfigParser()
+    parser.read_config(str(configs("cmnet") / "train.json"))
+    parser.update({"shared_trunk": "maybe", "bundle_root": str(tmp_path)})
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("network_def")
+    assert "option --shared_trunk: expected true or false" in str(find_user_error(err.value))

@@ -14,7 +14,7 @@ from ignite.engine import Engine
 from monai.data import MetaTensor
 
 from multirater_monai.bundle_utils import default_dataset_dir, find_bundle_root, sqlite_tracking_uri
-from multirater_monai.engines import BestModelSaver, PrepareBatchKeys, latest_checkpoint
+from multirater_monai.engines import BestModelSaver, CheckpointError, PrepareBatchKeys, latest_checkpoint
 from multirater_monai.transforms import FuseRatersd, LoadRaterLabelsd, RaterMaskd, rater_mask_of
 
 
@@ -123,14 +123,15 @@ def test_best_model_saver_keeps_the_best(tmp_path):
 
 
 def test_latest_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no training checkpoint to resume from"):
+    with pytest.raises(CheckpointError, match="no training checkpoint to resume from"):
         latest_checkpoint(tmp_path)
     assert latest_checkpoint(tmp_path, required=False) is None
-    older, newer = tmp_path / "a.pt", tmp_path / "b.pt"
+    older, newer = tmp_path / "train_checkpoint_epoch=9.pt", tmp_path / "train_checkpoint_epoch=10.pt"
     older.write_bytes(b"1")
     newer.write_bytes(b"2")
-    os.utime(older, (time.time() + 10, time.time() + 10))
-    assert latest_checkpoint(tmp_path) == str(older)
+    (tmp_path / "notes.pt").write_bytes(b"not a checkpoint of the trainer")
+    os.utime(older, (time.time() + 10, time.time() + 10))  # the epoch decides, not the file time
+    assert latest_checkpoint(tmp_path) == str(newer)
 
 
 def test_bundle_locations(tmp_path, monkeypatch):

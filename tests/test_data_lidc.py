@@ -143,6 +143,55 @@ def test_pickle_runs_no_code(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned.txt").exists()
 
 
+def _global_pickle(module: str, name: str, arg: str = "") -> bytes:
+    """A protocol-2 pickle calling ``module.name(arg)`` (how a hostile file names any callable)."""
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + len(arg).to_bytes(4, "little") + arg.encode() + b"\x85R."
+
+
+@pytest.mark.parametrize(
+    "module,name",
+    [
+        ("os", "system"),
+        ("posix", "system"),
+        ("subprocess", "Popen"),
+        ("builtins", "eval"),
+        ("builtins", "exec"),
+        ("numpy.f2py.__main__", "DType"),  # passed the earlier allow-list, whose check imported the module
+        ("numpy", "load"),
+        ("numpy.testing", "rundocs"),
+    ],
+)
+def test_hostile_pickles_are_refused(tmp_path, monkeypatch, module, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data_lidc.pickle").write_bytes(_global_pickle(module, name, "echo pwned > pwned.txt"))
+    with pytest.raises(PrepareError, match=f"refusing to unpickle {module}.{name}"):
+        prepare_lidc(tmp_path / "data_lidc.pickle", tmp_path / "out")
+    assert not (tmp_path / "pwned.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_module_named_by_a_pickle_is_not_imported(tmp_path, monkeypatch):
+    """Importing a module can run code: a refused pickle imports nothing."""
+    (tmp_path / "sideeffect_mod.py").write_text("open('imported.txt', 'w').write('yes')\nclass DType: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    for module, name in [("sideeffect_mod", "DType"), ("numpysideeffect_mod", "DType")]:
+        (tmp_path / "data_lidc.pickle").write_bytes(_global_pickle(module, name))
+        with pytest.raises(PrepareError, match="refusing to unpickle"):
+            prepare_lidc(tmp_path / "data_lidc.pickle", tmp_path / "out")
+    assert not (tmp_path / "imported.txt").exists() and "sideeffect_mod" not in sys.modules
+
+
+def test_numpy_pickles_of_every_protocol_are_read(tmp_path):
+    from multirater_monai.data.real.lidc import load_lidc_pickle
+
+    value = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.uint8(3), "c": [np.zeros(2, bool)]}
+    for protocol in range(0, pickle.HIGHEST_PROTOCOL + 1):
+        path = tmp_path / f"p{protocol}.pickle"
+        path.write_bytes(pickle.dumps(value, protocol=protocol))
+        loaded = load_lidc_pickle(path)
+        np.testing.assert_array_equal(loaded["a"], value["a"]) and loaded["b"] == 3
+
+
 def test_hdf5_that_is_not_phiseg(tmp_path):
     import h5py
 

@@ -163,3 +163,28 @@ def test_cli_reports_problems_and_skip_bad(tmp_path, capsys):
 def test_cli_replica(tmp_path, capsys):
     assert cli_main(["prepare", "replica", "qubiq", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "training_data_v3" / "kidney" / "Training" / "case01" / "image.nii.gz").is_file()
+
+
+def test_prepare_again_keeps_the_users_files(ms_src, tmp_path):
+    """Only what an earlier prepare wrote is replaced; a file the user added stops the run, named, untouched."""
+    out = tmp_path / "ms"
+    prepare_dataset("mslsc", ms_src, out)
+    for extra in (out / "my_notes.txt", out / "images" / "extra" / "user.txt"):
+        extra.parent.mkdir(parents=True, exist_ok=True)
+        extra.write_text("mine")
+        before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+        with pytest.raises(PrepareError, match=f"{extra}: not written by 'multirater prepare'"):
+            prepare_dataset("mslsc", ms_src, out)
+        assert extra.read_text() == "mine" and sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+        extra.unlink()
+    (out / "images" / "extra").rmdir()
+    assert prepare_dataset("mslsc", ms_src, out).written  # its own earlier output is replaced
+    # an output of the first version (no file list): the files of its layout are its own, nothing else
+    marker = json.loads((out / "prepare.json").read_text())
+    del marker["files"]
+    (out / "prepare.json").write_text(json.dumps(marker))
+    assert prepare_dataset("mslsc", ms_src, out).written
+    (out / "prepare.json").write_text(json.dumps({k: v for k, v in json.loads((out / "prepare.json").read_text()).items() if k != "files"}))
+    (out / "labels" / "mine.txt").write_text("mine")
+    with pytest.raises(PrepareError, match="mine.txt: not written"):
+        prepare_dataset("mslsc", ms_src, out)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from multirater_monai.constants import ANNOTATOR, CLASS_LABEL, GT, IMAGE, LABEL, MISSING_LABEL
+from multirater_monai.errors import UserError
 
 __all__ = [
     "DatalistError",
@@ -54,8 +55,9 @@ _MAX_REPORTED = 25
 logger = logging.getLogger(__name__)
 
 
-class DatalistError(ValueError):
-    """A datalist or a file it names is unusable; the message lists every problem with its file.
+class DatalistError(UserError, ValueError):
+    """A datalist or a file it names is unusable; the message lists every problem with its file (one problem:
+    one line).
 
     The message is also logged as an error when the exception is made, so that a user of
     ``python -m monai.bundle run`` reads it first, above the config parser's traceback.
@@ -66,7 +68,10 @@ class DatalistError(ValueError):
         where = f" in datalist {datalist}" if datalist is not None else ""
         shown = "\n  - ".join(self.problems[:_MAX_REPORTED])
         more = f"\n  ... and {len(self.problems) - _MAX_REPORTED} more" if len(self.problems) > _MAX_REPORTED else ""
-        super().__init__(f"{len(self.problems)} problem(s){where}:\n  - {shown}{more}")
+        if len(self.problems) == 1:  # one line: the file and what is wrong with it
+            super().__init__(self.problems[0] + (f" (datalist {datalist})" if datalist is not None else ""))
+        else:
+            super().__init__(f"{len(self.problems)} problem(s){where}:\n  - {shown}{more}")
         logger.error(str(self))
 
 
@@ -220,12 +225,27 @@ def _same_geometry(a: ImageGeometry, b: ImageGeometry, spatial_dims: int) -> boo
     return bool(np.allclose(a.affine[np.ix_(rows, cols)], b.affine[np.ix_(rows, cols)], rtol=1e-4, atol=1e-3))
 
 
+def _check_image_values(path: str, problems: list[str]) -> bool:
+    """Read an image's data (a truncated or corrupt file fails here, named) and refuse NaN / inf voxels."""
+    try:
+        data = _read_array(path)
+    except Exception as e:  # noqa: BLE001 - any reader failure is reported with its file
+        problems.append(f"{path}: unreadable image data, truncated or corrupt ({type(e).__name__}: {e})")
+        return False
+    if np.issubdtype(data.dtype, np.floating):
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            problems.append(f"{path}: image has {bad} NaN / inf voxel(s); fix or remove them")
+            return False
+    return True
+
+
 def _check_label_values(path: str, num_classes: int | None, problems: list[str]) -> bool:
     """Check a label file's values; return whether it holds any annotation (not all MISSING_LABEL)."""
     try:
         values = np.unique(_read_array(path))
     except Exception as e:  # noqa: BLE001 - any reader failure is reported with its file
-        problems.append(f"{path}: cannot read the label file ({type(e).__name__}: {e})")
+        problems.append(f"{path}: unreadable label data, truncated or corrupt ({type(e).__name__}: {e})")
         return False
     if values.size == 0:
         problems.append(f"{path}: empty label volume")
@@ -263,8 +283,9 @@ def check_datalist(
 ) -> None:
     """Check every item of a (path-resolved) multi-rater datalist section; raise one error listing all problems.
 
-    Checks: every named file exists and is a readable image; the image has ``in_channels`` channels and
-    ``spatial_dims`` spatial axes; each rater file and the truth have the image's spatial shape and geometry
+    Checks: every named file exists and is a readable image (its data too: a truncated file is caught
+    here, and image voxels must be finite, no NaN / inf); the image has ``in_channels`` channels and
+    ``spatial_dims`` spatial axes (a 3D NIfTI volume given to a 2D bundle is named as such); each rater file and the truth have the image's spatial shape and geometry
     (affine); the item names ``num_raters`` rater entries, at least one of which annotates the image; label
     values are class indices in ``0..num_classes-1`` (a map entirely ``-1`` counts as not annotated); every
     rater annotates at least one image of the section (a rater with no label cannot be learned).
@@ -305,6 +326,14 @@ def check_datalist(
             spatial, ch = _spatial_and_channels(geom, spatial_dims)
             if spatial_dims is not None and len(spatial) < spatial_dims:
                 problems.append(f"{f}: image has {len(geom.shape)} axes {geom.shape}, expected {spatial_dims} spatial")
+                continue
+            if spatial_dims == 2 and f.endswith((".nii", ".nii.gz")) and len(geom.shape) >= 3 and geom.shape[2] > 1:
+                problems.append(
+                    f"{f}: a 3D volume {geom.shape[:3]}, and the bundle is 2D (spatial_dims 2): use its 3D "
+                    "configuration (configs/3d.json) or 2D images"
+                )
+                continue
+            if check_values and not _check_image_values(f, problems):
                 continue
             if image_geom is None:
                 image_geom = geom

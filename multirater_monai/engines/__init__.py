@@ -1,12 +1,20 @@
 """Ignite engines and handlers shared by the bundles: trainer, training steps, stage schedule, teachers."""
 
 from .adapters import AllOutputs, StackedOutputs, call_network, unwrap_network
-from .checkpoints import latest_checkpoint
-from .model_saver import BestModelSaver
+from .checkpoints import (
+    CheckpointError,
+    CheckpointResumer,
+    RandomStates,
+    StateDictLoader,
+    TrainingCheckpointer,
+    checkpoint_files,
+    latest_checkpoint,
+)
+from .model_saver import BestModelSaver, ModelExistsError
 from .prepare_batch import PrepareBatchDict, PrepareBatchKeys
 from .report import EpochReport
 from .stages import MultiStageSchedule, Stage, frozen_modules, total_epochs
-from .steps import RecurrentStep, TrainStep
+from .steps import NonFiniteError, RecurrentStep, TrainStep
 from .summary import print_run_summary
 from .teacher import Teacher
 from .trainer import MultiRaterTrainer
@@ -14,6 +22,14 @@ from .trainer import MultiRaterTrainer
 __all__ = [
     "AllOutputs",
     "BestModelSaver",
+    "CheckpointError",
+    "CheckpointResumer",
+    "ModelExistsError",
+    "NonFiniteError",
+    "RandomStates",
+    "StateDictLoader",
+    "TrainingCheckpointer",
+    "checkpoint_files",
     "EpochReport",
     "MultiRaterTrainer",
     "MultiStageSchedule",

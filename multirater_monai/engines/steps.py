@@ -9,7 +9,12 @@ which a stage of the schedule can swap). It keeps MONAI's engine contract, so th
   ``MODEL_COMPLETED`` fire once each per iteration, in that order;
 - AMP as MONAI's ``SupervisedTrainer`` does it (``engine.amp``, ``engine.amp_kwargs``, the trainer's
   gradient scaler ``engine.scaler``), with autocast on the engine's device type (bfloat16 on a CPU);
-- gradient accumulation over ``engine.accumulation_steps`` mini-batches.
+- gradient accumulation over ``engine.accumulation_steps`` mini-batches;
+- a non-finite loss stops training (:class:`NonFiniteError`, naming the epoch and iteration) before it
+  reaches the weights, unless the engine tolerates some (``engine.nonfinite_tolerance``: that many
+  batches with a non-finite loss are skipped, no backward and no step); weights that are no longer
+  finite after an optimiser step stop training too. Either way the last checkpoint and ``model.pt``
+  are those of before.
 
 The batch reaches the network and the loss *by name*: ``prepare_batch`` returns a dict (image, rater
 labels, rater mask, truth, class labels, annotator, ...), the network receives the entries named by
@@ -22,6 +27,7 @@ pseudo labels).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,9 +37,16 @@ from monai.utils import CommonKeys as Keys
 from monai.utils import ensure_tuple
 
 from multirater_monai.constants import IMAGE, LABEL
-from multirater_monai.engines.adapters import call_network
+from multirater_monai.engines.adapters import call_network, unwrap_network
+from multirater_monai.errors import UserError
 
-__all__ = ["TrainStep", "RecurrentStep", "batch_as_dict"]
+__all__ = ["NonFiniteError", "TrainStep", "RecurrentStep", "batch_as_dict"]
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteError(UserError):
+    """Training produced a non-finite loss or non-finite weights; the message names the epoch and iteration."""
 
 
 def batch_as_dict(batch: Any) -> dict[str, Any]:
@@ -153,6 +166,38 @@ class TrainStep:
         return torch.autocast(device_type, **engine.amp_kwargs)
 
     @staticmethod
+    def loss_is_usable(engine: Any, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is finite; a non-finite one is skipped while tolerated, else training stops."""
+        if bool(torch.isfinite(loss.detach()).all()):
+            return True
+        count = getattr(engine.state, "nonfinite_losses", 0) + 1
+        engine.state.nonfinite_losses = count
+        tolerance = int(getattr(engine, "nonfinite_tolerance", 0))
+        where = f"epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+        value = float(loss.detach().float().mean())
+        if count > tolerance:
+            raise NonFiniteError(
+                f"{where}: the training loss is {value} ({count} non-finite loss(es), {tolerance} tolerated): "
+                "training stopped; the last checkpoint and models/model.pt are those of before. Lower the "
+                "learning rate, or check the training images for NaN / inf values"
+            )
+        logger.warning(f"{where}: the training loss is {value}: batch skipped ({count} of {tolerance} tolerated)")
+        return False
+
+    @staticmethod
+    def check_weights(engine: Any) -> None:
+        """Stop training when an optimiser step left a trainable weight non-finite."""
+        params = [(n, p) for n, p in unwrap_network(engine.network).named_parameters() if p.requires_grad]
+        if not params or bool(torch.stack([torch.isfinite(p.detach()).all() for _, p in params]).all()):
+            return
+        bad = [n for n, p in params if not bool(torch.isfinite(p.detach()).all())]
+        raise NonFiniteError(
+            f"epoch {engine.state.epoch}, iteration {engine.state.iteration}: the weights are not finite after "
+            f"the optimiser step ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): training stopped; the "
+            "last checkpoint and models/model.pt are those of before. Lower the learning rate"
+        )
+
+    @staticmethod
     def accumulation(engine: Any) -> tuple[bool, bool]:
         """(zero the gradients now, step the optimiser now) for gradient accumulation, as MONAI's trainer."""
         acc = max(int(getattr(engine, "accumulation_steps", 1)), 1)
@@ -174,9 +219,13 @@ class TrainStep:
             loss = self.loss(engine, outputs, batch)
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        self.backward(engine, loss)
+        usable = self.loss_is_usable(engine, loss)
+        if usable:
+            self.backward(engine, loss)
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        self.optimizer_step(engine)
+        if usable:
+            self.optimizer_step(engine)
+            self.check_weights(engine)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
@@ -228,6 +277,7 @@ class RecurrentStep(TrainStep):
         state = None
         total: torch.Tensor | None = None
         pending: list[torch.Tensor] = []
+        usable = True
         for i in range(self.passes):
             with self.autocast(engine):
                 if i == 0:
@@ -241,19 +291,26 @@ class RecurrentStep(TrainStep):
                 loss = self.loss(engine, outputs, batch)
             engine.state.output[f"{Keys.LOSS}_{i}"] = loss.detach()
             total = loss.detach() if total is None else total + loss.detach()
+            usable = usable and self.loss_is_usable(engine, loss)
             if i == self.passes - 1:
                 engine.state.output[Keys.PRED] = outputs[self.pred_key]
                 engine.fire_event(IterationEvents.FORWARD_COMPLETED)
                 engine.state.output[Keys.LOSS] = total
                 engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            if not usable:
+                continue
             if self.backward_each:
                 self.backward(engine, loss)
             else:
                 pending.append(loss)
-        if pending:
+        if pending and usable:
             self.backward(engine, torch.stack(pending).sum())
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        self.optimizer_step(engine)
+        if usable:
+            self.optimizer_step(engine)
+            self.check_weights(engine)
+        else:
+            engine.optimizer.zero_grad(set_to_none=getattr(engine, "optim_set_to_none", False))
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 

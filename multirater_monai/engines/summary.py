@@ -8,7 +8,11 @@ __all__ = ["print_run_summary"]
 
 
 def print_run_summary(
-    output_dir: str | os.PathLike, tracking_uri: str, experiment_name: str, run_name: str | None = None
+    output_dir: str | os.PathLike,
+    tracking_uri: str,
+    experiment_name: str,
+    run_name: str | None = None,
+    enabled: bool = True,
 ) -> dict:
     """Print (and return) where a run's outputs and its MLflow record are.
 
@@ -17,13 +21,16 @@ def print_run_summary(
         tracking_uri: the MLflow tracking URI the run logged to.
         experiment_name: MLflow experiment.
         run_name: MLflow run name, if known.
+        enabled: whether the run logged to MLflow (when not, the store is not asked).
     """
-    summary = {
-        "outputs": os.path.abspath(os.fspath(output_dir)),
-        "mlflow_tracking_uri": tracking_uri,
-        "mlflow_experiment": experiment_name,
-        "mlflow_run": run_name,
-    }
+    summary: dict = {"outputs": os.path.abspath(os.fspath(output_dir))}
+    if not enabled:
+        summary["mlflow"] = "off"
+        print("\n==== run summary ====")
+        for key, value in summary.items():
+            print(f"{key}: {value}")
+        return summary
+    summary.update(mlflow_tracking_uri=tracking_uri, mlflow_experiment=experiment_name, mlflow_run=run_name)
     try:
         import mlflow
 

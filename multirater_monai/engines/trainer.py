@@ -28,6 +28,8 @@ class MultiRaterTrainer(SupervisedTrainer):
     Args:
         train_step: the iteration (:class:`TrainStep`, :class:`RecurrentStep` or any ``fn(engine, batch)``).
         schedule: the stages of the training; None trains with the given loss and optimiser throughout.
+        nonfinite_tolerance: batches with a non-finite loss skipped before training stops (default 0: stop at
+            the first, naming its epoch and iteration).
         kwargs: the arguments of MONAI's ``SupervisedTrainer`` (``iteration_update`` is not taken: give a
             ``train_step``).
     """
@@ -43,6 +45,7 @@ class MultiRaterTrainer(SupervisedTrainer):
         train_step: Any = None,
         schedule: MultiStageSchedule | None = None,
         train_handlers: Sequence | None = None,
+        nonfinite_tolerance: int = 0,
         **kwargs: Any,
     ) -> None:
         if "iteration_update" in kwargs:
@@ -50,6 +53,9 @@ class MultiRaterTrainer(SupervisedTrainer):
         self.train_step = train_step if train_step is not None else TrainStep()
         self.schedule = schedule
         self.frozen_modules: list = []
+        if int(nonfinite_tolerance) < 0:
+            raise ValueError(f"nonfinite_tolerance must be >= 0, got {nonfinite_tolerance}.")
+        self.nonfinite_tolerance = int(nonfinite_tolerance)
         self._schedule_attached = False
         super().__init__(
             device=device,

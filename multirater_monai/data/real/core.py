@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from multirater_monai.errors import UserError
+
 __all__ = [
     "CaseIssue",
     "CaseError",
@@ -52,7 +54,7 @@ class CaseError(Exception):
         super().__init__("; ".join(f"{f}: {r}" for f, r in self.problems))
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
     """A prepare run stopped before writing anything; ``report`` says what was found (if it got that far)."""
 
     def __init__(self, message: str, report: PrepareReport | None = None):

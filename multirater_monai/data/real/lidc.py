@@ -74,25 +74,40 @@ _IDENTITY = np.eye(4)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """An unpickler that only rebuilds numpy arrays, dtypes, scalars and plain containers."""
+    """An unpickler that only rebuilds numpy arrays, dtypes, scalars and plain containers.
 
-    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("collections", "OrderedDict"),
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("_codecs", "encode"),
-    }
+    ``find_class`` accepts exactly the (module, name) pairs that NumPy array pickles of NumPy 1 and 2 name
+    (protocols 0-5), and refuses everything else *before* importing anything: a pickle naming another
+    module never gets it imported (an import alone can run code).
+    """
+
+    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("collections", "OrderedDict"),
+            ("builtins", "set"),
+            ("builtins", "frozenset"),
+            ("builtins", "bytes"),
+            ("__builtin__", "set"),
+            ("__builtin__", "frozenset"),
+            ("__builtin__", "bytes"),
+            ("_codecs", "encode"),
+        }
+    )
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED or (module.startswith("numpy") and name.endswith("DType")):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays and containers are read")
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to unpickle {module}.{name}: only numpy arrays and containers are read"
+            )
+        return super().find_class(module, name)
 
 
 def load_lidc_pickle(path: str | os.PathLike) -> dict:

@@ -76,8 +76,10 @@ def check_destination(dst: str | os.PathLike, src: str | os.PathLike | None, dat
     """Validate the output folder before any work; return it as an absolute path.
 
     Refuses a ``dst`` inside ``src`` (the source is never modified), a ``src`` inside ``dst`` (it would be
-    replaced), a file, and a non-empty folder that is not a previous output of ``prepare`` for the same
-    dataset (``prepare.json`` naming it).
+    replaced), a file, a non-empty folder that is not a previous output of ``prepare`` for the same
+    dataset (``prepare.json`` naming it), and a previous output holding anything that ``prepare`` did not
+    write (the files listed in its ``prepare.json``): a prepare run replaces only its own earlier output,
+    never a file the user added.
 
     Raises:
         PrepareError: with the reason.
@@ -106,7 +108,45 @@ def check_destination(dst: str | os.PathLike, src: str | os.PathLike | None, dat
                 f"the output folder {out} holds a prepared '{marker.get('dataset')}' dataset, not '{dataset}': "
                 "refusing to overwrite it; choose another folder"
             )
+        foreign = _foreign_entries(out, marker)
+        if foreign:
+            more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+            raise PrepareError(
+                f"{foreign[0]}: not written by 'multirater prepare'{more}; a new prepare replaces {out}, so move "
+                "it out first (nothing was changed), or choose another output folder"
+            )
     return out
+
+
+_LAYOUT = re.compile(r"^(images|labels|gt)/[^/]+\.nii\.gz$")
+_OUTPUT_FOLDERS = ("images", "labels", "gt")
+
+
+def _written_files(root: Path) -> list[str]:
+    """Every file under ``root``, as sorted POSIX paths relative to it."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def _foreign_entries(out: Path, marker: dict) -> list[Path]:
+    """Files (and empty folders) of a previous output that its prepare run did not write: the user's."""
+    listed = marker.get("files")
+
+    def written(rel: str) -> bool:
+        if rel == MARKER_NAME:
+            return True
+        if listed is not None:
+            return rel in listed
+        # an output of the first version of the tool, which recorded no file list: its layout
+        return rel in (DATALIST_NAME, BUNDLE_CONFIG_NAME) or bool(_LAYOUT.match(rel))
+
+    entries = sorted(out.rglob("*"))
+    files = [p for p in entries if p.is_file() and not written(p.relative_to(out).as_posix())]
+    folders = [
+        p
+        for p in entries
+        if p.is_dir() and p.relative_to(out).as_posix() not in _OUTPUT_FOLDERS and not any(x.is_file() for x in p.rglob("*"))
+    ]
+    return files + folders
 
 
 def _read_marker(folder: Path) -> dict | None:
@@ -357,10 +397,11 @@ def write_prepared(
     report.bundle_config = str(out / BUNDLE_CONFIG_NAME)
     marker = {
         "tool": MARKER_TOOL,
-        "version": 1,
+        "version": 2,
         "dataset": spec.dataset,
         "options": options or {},
         "report": report.to_dict(),
+        "files": _written_files(tmp),  # what a later prepare into the same folder may replace
     }
     (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=1, default=str) + "\n")
     _move_into_place(tmp, out)
