@@ -141,6 +141,7 @@ def run_arm(arm: str, panel: str, regime: str, seed: int, out: Path, epochs: int
         "max_epochs": epochs,  # each bundle's stages take their lengths from it (see its train.json)
         "seed": seed,
         "mlflow_enabled": False,
+        "overwrite_model": True,  # a rerun (--rerun) replaces the arm's earlier model
     }
     train_overrides = dict(overrides)
     if arm == ORACLE:
