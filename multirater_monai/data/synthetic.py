@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,29 +131,66 @@ def make_synthetic_image(
     coords = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
     if layout == "scene":
         truth, objects = _scene_objects(rng, coords, shape, num_classes)
-        return _render(rng, objects, shape, side), truth
+    else:
+        truth, objects = _nested_objects(rng, coords, shape, num_classes)
+    return _render(rng, objects, shape, side), truth
 
+
+def _place_object(
+    rng: np.random.Generator,
+    coords: np.ndarray,
+    occupied: np.ndarray,
+    shape_field: np.ndarray,
+    min_voxels: int,
+    draw: Callable[[np.random.Generator], tuple | None],
+) -> tuple[np.ndarray, tuple] | None:
+    """Up to 20 draws of an ellipsoid until one has ``min_voxels`` and misses the ``occupied`` voxels.
+
+    ``draw(rng)`` gives ``(centre, semi_axes, rotation, irregular)``, or None to draw again; an irregular
+    object's radius varies with the smooth random ``shape_field``. Returns the mask (its largest component)
+    and the drawn parameters, or None when no draw fits.
+    """
+    for _attempt in range(20):
+        params = draw(rng)
+        if params is None:
+            continue
+        centre, semi_axes, rotation, irregular = params
+        level = _ellipsoid_level(coords, centre, semi_axes, rotation)
+        if irregular:
+            level = level * np.clip(1.0 + 0.35 * shape_field, 0.5, 1.5)
+        mask = _largest_component(level <= 1.0)
+        if mask.sum() >= min_voxels and not (mask & occupied).any():
+            return mask, params
+    return None
+
+
+def _nested_objects(
+    rng: np.random.Generator, coords: np.ndarray, shape: tuple[int, ...], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Truth (*S) uint8 and object intensities (*S) of the "nested" layout: two to five objects of class 1
+    (two to four in 3D), each holding nested cores of the higher classes."""
+    spatial_dims = len(shape)
+    side = float(min(shape))
     truth = np.zeros(shape, dtype=np.uint8)
     objects = np.zeros(shape, dtype=np.float64)
     shape_field = _smooth_noise(rng, shape, sigma=side / 16.0)
     occupied = np.zeros(shape, dtype=bool)
     num_objects = int(rng.integers(2, 6) if spatial_dims == 2 else rng.integers(2, 5))
     min_voxels = 12 if spatial_dims == 2 else 20
+
+    def draw(rng: np.random.Generator) -> tuple:
+        radius = rng.uniform(0.07, 0.16) * side if spatial_dims == 2 else rng.uniform(0.1, 0.2) * side
+        semi_axes = radius * rng.uniform(0.65, 1.35, size=spatial_dims)
+        margin = semi_axes.max() + 1.0
+        centre = np.array([rng.uniform(margin, n - 1 - margin) for n in shape])
+        rotation = _random_rotation(rng, spatial_dims)
+        return centre, semi_axes, rotation, rng.random() < 0.4  # 40 % irregular blobs
+
     for _ in range(num_objects):
-        for _attempt in range(20):
-            radius = rng.uniform(0.07, 0.16) * side if spatial_dims == 2 else rng.uniform(0.1, 0.2) * side
-            semi_axes = radius * rng.uniform(0.65, 1.35, size=spatial_dims)
-            margin = semi_axes.max() + 1.0
-            centre = np.array([rng.uniform(margin, n - 1 - margin) for n in shape])
-            rotation = _random_rotation(rng, spatial_dims)
-            level = _ellipsoid_level(coords, centre, semi_axes, rotation)
-            if rng.random() < 0.4:  # irregular blob: the radius varies with a smooth random field
-                level = level * np.clip(1.0 + 0.35 * shape_field, 0.5, 1.5)
-            mask = _largest_component(level <= 1.0)
-            if mask.sum() >= min_voxels and not (mask & occupied).any():
-                break
-        else:
+        placed = _place_object(rng, coords, occupied, shape_field, min_voxels, draw)
+        if placed is None:
             continue
+        mask, (centre, semi_axes, rotation, _) = placed
         occupied |= dilate_mask(mask, 2.0)
         truth[mask] = 1
         amplitude = rng.uniform(0.35, 0.6) if rng.random() < 0.35 else rng.uniform(1.0, 1.6)
@@ -173,8 +210,7 @@ def make_synthetic_image(
             level_amplitude = level_amplitude + rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 0.9)
             objects[core] = level_amplitude
             parent, parent_axes, parent_centre = core, axes, parent_centre + shift
-
-    return _render(rng, objects, shape, side), truth
+    return truth, objects
 
 
 def _render(rng: np.random.Generator, objects: np.ndarray, shape: tuple[int, ...], side: float) -> np.ndarray:
@@ -213,23 +249,22 @@ def _scene_objects(
     present = rng.random(num_classes - 1) < 0.5
     for c in np.flatnonzero(present) + 1:
         look = _SCENE_LOOKS[(c - 1) % len(_SCENE_LOOKS)]
+
+        def draw(rng: np.random.Generator, look: dict = look) -> tuple | None:
+            radius = side * float(np.exp(rng.uniform(np.log(0.04), np.log(0.24))))
+            stretch = rng.uniform(*look["elongation"])
+            semi_axes = radius * np.array([stretch] + [1.0] * (dims - 1)) / stretch ** (1.0 / dims)
+            margin = semi_axes.max() + 1.0
+            if margin * 2 >= min(shape) - 2:
+                return None
+            centre = np.array([rng.uniform(margin, n - 1 - margin) for n in shape])
+            return centre, semi_axes, _random_rotation(rng, dims), look["irregular"]
+
         for _ in range(int(rng.integers(1, 4))):
-            for _attempt in range(20):
-                radius = side * float(np.exp(rng.uniform(np.log(0.04), np.log(0.24))))
-                stretch = rng.uniform(*look["elongation"])
-                semi_axes = radius * np.array([stretch] + [1.0] * (dims - 1)) / stretch ** (1.0 / dims)
-                margin = semi_axes.max() + 1.0
-                if margin * 2 >= min(shape) - 2:
-                    continue
-                centre = np.array([rng.uniform(margin, n - 1 - margin) for n in shape])
-                level = _ellipsoid_level(coords, centre, semi_axes, _random_rotation(rng, dims))
-                if look["irregular"]:
-                    level = level * np.clip(1.0 + 0.35 * shape_field, 0.5, 1.5)
-                mask = _largest_component(level <= 1.0)
-                if mask.sum() >= min_voxels and not (mask & occupied).any():
-                    break
-            else:
+            placed = _place_object(rng, coords, occupied, shape_field, min_voxels, draw)
+            if placed is None:
                 continue
+            mask = placed[0]
             occupied |= dilate_mask(mask, 2.0)
             truth[mask] = c
             objects[mask] = look["amplitude"] * rng.uniform(0.8, 1.2)
