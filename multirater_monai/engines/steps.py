@@ -65,7 +65,7 @@ class TrainStep:
         inputs: batch entries given to the network, in order (the first is the image).
         method: network method called (``"forward_all"`` for a dict of all outputs); None calls ``forward``.
             A network wrapped in :class:`~multirater_monai.engines.AllOutputs` (e.g. inside DDP) is called
-            directly.
+            through its ``forward`` with the method named (:func:`~multirater_monai.engines.call_network`).
         pred_key: the output entry stored as ``engine.state.output["pred"]``; a network returning a tensor
             has its output stored under this name for the loss.
         label_key: the batch entry stored as ``engine.state.output["label"]`` (for training metrics).
