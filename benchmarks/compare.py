@@ -8,8 +8,10 @@ table is read back from each run's ``eval/metrics.csv`` and gives mean ± standa
 the seeds (the seed of training: the data are the same for every seed).
 
 Data: the synthetic 2D generator (200 / 40 / 40 images of 64×64, data seed 0) with a rater
-*panel* (:data:`PANELS`; ``default`` is the issue's protocol: good, over, under, wrong, blank) in
-two *regimes*: ``dense`` (every rater on every image) and ``one`` (one label per image).
+*panel* (:data:`PANELS`; ``default`` is the issue's protocol: good, over, under, wrong, blank;
+``lesion`` is one small lesion per image with its own readers and 40 / 100 validation / test images)
+in two *regimes*: ``dense`` (every rater on every image) and ``one`` (one label per image);
+``--num-train N`` sets the number of training images (results kept as panel ``<panel>-n<N>``).
 
 The ``oracle`` arm trains the baseline U-Net on the truth itself: the ceiling of what any method can
 reach with this network on this data. ``label Dice`` is the Dice of the fused training labels
@@ -18,6 +20,7 @@ is STAPLE's own estimate of the raters' matrices against the generator's.
 
     python benchmarks/compare.py --arms mean majority staple oracle cmnet_pixel --regimes dense one --epochs 60
     python benchmarks/compare.py --arms cmnet:trace_weight=0.4 --seeds 0 1 2 --jobs 3
+    python benchmarks/compare.py --panels lesion --num-train 16 --regimes dense --epochs 400 --arms majority cmnet_pixel
 
 Results accumulate in ``<out>/results.json`` (a run already there is not run again unless
 ``--rerun``), so a long comparison can be run in parts and the table printed from all of them.
@@ -41,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from multirater_monai.bundle_utils import parse_bundle_spec
+from multirater_monai.data import LESION_RATERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,12 +63,17 @@ ARMS: dict[str, tuple[str, dict]] = {
 }
 ORACLE = "oracle"
 REGIMES = {"dense": None, "one": 1}
-PANELS = {
+PANELS: dict[str, dict] = {
     # the issue's protocol (CM-Net paper, appendix A.1): errors of opposite signs, majority vote nearly unbiased
-    "default": ["good", "over", "under", "wrong", "blank"],
+    "default": {"raters": ["good", "over", "under", "wrong", "blank"]},
     # three of five raters over-segment: the majority vote and STAPLE inherit their bias
-    "biased": ["good", "over", "over+over", "wrong", "under"],
+    "biased": {"raters": ["good", "over", "over+over", "wrong", "under"]},
+    # one small lesion per image (0.2-1 % of the pixels, among bright vessels), four readers one of whom
+    # misses half of the lesions: the regime of lung-nodule crops; few training images with --num-train
+    "lesion": {"raters": list(LESION_RATERS), "layout": "lesion", "num_val": 40, "num_test": 100},
 }
+"""Synthetic data of each panel: the generator's arguments (raters, and layout and split sizes where they
+differ from the default 2D set)."""
 METRICS = ["dice", "miou", "soft_dice", "ged", "cm_error"]
 _LOCK = threading.Lock()
 
@@ -100,16 +109,29 @@ def _run(config_files: list[Path], overrides: dict, log: Path, threads: int) -> 
         raise RuntimeError(f"{' '.join(cmd)} failed, see {log}")
 
 
-def dataset_dir(out: Path, panel: str, regime: str) -> Path:
-    return out / "data" / f"synthetic_2d_{panel}_{regime}"
+def suite_name(panel: str, num_train: int | None) -> str:
+    """The name a panel's runs are kept under: the panel, with its training-set size when one is given."""
+    return panel if num_train is None else f"{panel}-n{num_train}"
 
 
-def prepare_data(out: Path, panel: str, regime: str) -> Path:
+def synthetic_arguments(panel: str, regime: str, num_train: int | None) -> dict:
+    """The synthetic generator's arguments of a panel, regime and training-set size."""
+    args = {**PANELS[panel], "labels_per_image": REGIMES[regime]}
+    if num_train is not None:
+        args["num_train"] = num_train
+    return args
+
+
+def dataset_dir(out: Path, suite: str, regime: str) -> Path:
+    return out / "data" / f"synthetic_2d_{suite}_{regime}"
+
+
+def prepare_data(out: Path, panel: str, regime: str, num_train: int | None = None) -> Path:
     """Generate the synthetic set of a panel and regime (once) and an oracle datalist whose only rater is the truth."""
     from multirater_monai.data import ensure_synthetic_dataset, read_datalist
 
     datalist = ensure_synthetic_dataset(
-        dataset_dir(out, panel, regime), raters=PANELS[panel], labels_per_image=REGIMES[regime]
+        dataset_dir(out, suite_name(panel, num_train), regime), **synthetic_arguments(panel, regime, num_train)
     )
     content = read_datalist(datalist)
     folder = datalist.parent
@@ -123,12 +145,15 @@ def prepare_data(out: Path, panel: str, regime: str) -> Path:
     return datalist
 
 
-def run_arm(arm: str, panel: str, regime: str, seed: int, out: Path, epochs: int, threads: int) -> dict:
+def run_arm(
+    arm: str, panel: str, regime: str, seed: int, out: Path, epochs: int, threads: int, num_train: int | None = None
+) -> dict:
     """Train and evaluate one (arm, seed); returns the test metrics."""
     bundle, arm_overrides = parse_arm(arm)
-    folder = out / panel / regime / arm_folder_name(arm) / f"seed{seed}"
+    suite = suite_name(panel, num_train)
+    folder = out / suite / regime / arm_folder_name(arm) / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    data = dataset_dir(out, panel, regime)
+    data = dataset_dir(out, suite, regime)
     overrides = {
         **arm_overrides,
         "bundle_root": str(ROOT / "bundles" / bundle),
@@ -136,8 +161,7 @@ def run_arm(arm: str, panel: str, regime: str, seed: int, out: Path, epochs: int
         "output_dir": str(folder / "runs"),
         "eval_dir": str(folder / "eval"),
         "dataset_dir": str(data),
-        "synthetic#raters": PANELS[panel],
-        "synthetic#labels_per_image": REGIMES[regime],
+        **{f"synthetic#{k}": v for k, v in synthetic_arguments(panel, regime, num_train).items()},
         "max_epochs": epochs,  # each bundle's stages take their lengths from it (see its train.json)
         "seed": seed,
         "mlflow_enabled": False,
@@ -153,7 +177,7 @@ def run_arm(arm: str, panel: str, regime: str, seed: int, out: Path, epochs: int
     _run([configs / "train.json", configs / "evaluate.json"], overrides, folder / "evaluate.log", threads)
     with open(folder / "eval" / "metrics.csv") as f:  # MetricsSaver: one "name,value" row per metric
         metrics = {row[0]: float(row[1]) for row in csv.reader(f) if len(row) == 2}
-    return {"panel": panel, "regime": regime, "arm": arm, "seed": seed, "epochs": epochs, "train_s": train_s, **metrics}
+    return {"panel": suite, "regime": regime, "arm": arm, "seed": seed, "epochs": epochs, "train_s": train_s, **metrics}
 
 
 def fused_label_dice(datalist: Path, fusion: str, num_classes: int = 2) -> float:
@@ -206,9 +230,9 @@ def staple_cm_error(datalist: Path, section: str = "test", num_classes: int = 2)
     return float(np.mean(errors))
 
 
-def label_statistics(out: Path, panel: str, regime: str) -> dict[str, dict]:
+def label_statistics(out: Path, suite: str, regime: str) -> dict[str, dict]:
     """Per fusion arm: Dice of its fused training labels vs the truth; for STAPLE, its CM error too."""
-    datalist = dataset_dir(out, panel, regime) / "datalist.json"
+    datalist = dataset_dir(out, suite, regime) / "datalist.json"
     stats = {arm: {"label_dice": fused_label_dice(datalist, ARMS[arm][1]["fusion"])} for arm in ("mean", "majority", "staple")}
     stats["staple"]["cm_error"] = staple_cm_error(datalist)
     stats[ORACLE] = {"label_dice": 1.0}
@@ -242,7 +266,7 @@ def print_table(results: list[dict], label_stats: dict, epochs: int) -> None:
         if r["epochs"] == epochs:
             rows.setdefault((r["panel"], r["regime"], r["arm"]), []).append(r)
     cols = METRICS + ["label_dice", "train_s"]
-    print(f"\n{'panel':<9}{'regime':<7}{'arm':<28}{'seeds':>6}" + "".join(f"{c:>17}" for c in cols))
+    print(f"\n{'panel':<13}{'regime':<7}{'arm':<28}{'seeds':>6}" + "".join(f"{c:>17}" for c in cols))
     for (panel, regime, arm), runs in rows.items():
         extra = label_stats.get((panel, regime), {}).get(arm, {})
         cells = []
@@ -251,7 +275,7 @@ def print_table(results: list[dict], label_stats: dict, epochs: int) -> None:
             if not values and c in extra:
                 values = [extra[c]]
             cells.append(f"{_cell(values):>17}")
-        print(f"{panel:<9}{regime:<7}{arm:<28}{len(runs):>6}" + "".join(cells))
+        print(f"{panel:<13}{regime:<7}{arm:<28}{len(runs):>6}" + "".join(cells))
     print(f"epochs={epochs}; test split of the synthetic 2D set; mean ± std over seeds")
 
 
@@ -260,6 +284,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["mean", "majority", "staple", "oracle", "cmnet_pixel"])
     parser.add_argument("--regimes", nargs="+", default=["dense", "one"], choices=sorted(REGIMES))
     parser.add_argument("--panels", nargs="+", default=["default"], choices=sorted(PANELS))
+    parser.add_argument("--num-train", type=int, default=None, help="training images (default: the panel's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
@@ -276,9 +301,10 @@ def main() -> None:
     have_keys = {(r["panel"], r["regime"], r["arm"], r["seed"], r["epochs"]) for r in have}
     label_stats = {}
     for panel in args.panels:
+        suite = suite_name(panel, args.num_train)
         for regime in args.regimes:
-            prepare_data(args.out, panel, regime)
-            label_stats[(panel, regime)] = label_statistics(args.out, panel, regime)
+            prepare_data(args.out, panel, regime, args.num_train)
+            label_stats[(suite, regime)] = label_statistics(args.out, suite, regime)
     # seeds outermost, so that a deadline leaves complete tables of the first seeds
     todo = [
         (arm, panel, regime, seed)
@@ -286,7 +312,7 @@ def main() -> None:
         for panel in args.panels
         for regime in args.regimes
         for arm in args.arms
-        if args.rerun or (panel, regime, arm, seed, args.epochs) not in have_keys
+        if args.rerun or (suite_name(panel, args.num_train), regime, arm, seed, args.epochs) not in have_keys
     ]
     threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     failures = []
@@ -295,9 +321,9 @@ def main() -> None:
         arm, panel, regime, seed = task
         if args.deadline is not None and time.time() - start > args.deadline:
             return
-        print(f"[compare] {panel} / {regime} / {arm} / seed {seed} ...", flush=True)
+        print(f"[compare] {suite_name(panel, args.num_train)} / {regime} / {arm} / seed {seed} ...", flush=True)
         try:
-            _save(results_file, [run_arm(arm, panel, regime, seed, args.out, args.epochs, threads)])
+            _save(results_file, [run_arm(arm, panel, regime, seed, args.out, args.epochs, threads, args.num_train)])
         except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
             failures.append(f"{task}: {e}")
 

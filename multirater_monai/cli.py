@@ -80,10 +80,10 @@ def _build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument(
         "--layout",
-        choices=("nested", "scene"),
+        choices=("nested", "scene", "lesion"),
         default="nested",
         help="nested: objects with nested classes (default); scene: kinds of objects present or absent per image, "
-        "at several scales",
+        "at several scales; lesion: one small lesion per image (0.2-1%% of the pixels), binary",
     )
     syn.set_defaults(func=_synthesize)
 

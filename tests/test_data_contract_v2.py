@@ -147,3 +147,39 @@ def test_older_datasets_are_reused_with_the_new_parameters(tmp_path):
     assert ensure_synthetic_dataset(tmp_path / "old", image_size=16, num_train=2, num_val=1, num_test=1) == path
     with pytest.raises(ValueError, match="differing: \\['layout'\\]"):
         ensure_synthetic_dataset(tmp_path / "old", image_size=16, num_train=2, num_val=1, num_test=1, layout="scene")
+
+
+def test_lesion_layout_one_small_lesion_and_some_empty_masks(tmp_path):
+    from multirater_monai.data import LESION_RATERS
+
+    path = generate_synthetic_dataset(tmp_path / "lesion", layout="lesion", raters=list(LESION_RATERS), num_train=24,
+                                      num_val=2, num_test=2)
+    content = json.loads(path.read_text())
+    import nibabel as nib
+    from scipy import ndimage
+
+    fractions, empty = [], 0
+    for item in content["training"]:
+        truth = np.asarray(nib.load(path.parent / item["gt"]).dataobj)
+        assert ndimage.label(truth)[1] == 1  # one lesion
+        fractions.append(truth.mean())
+        empty += sum(not np.asarray(nib.load(path.parent / f).dataobj).any() for f in item["label"])
+    assert 0.001 <= min(fractions) and max(fractions) <= 0.02 and 0.002 <= np.mean(fractions) <= 0.01
+    assert 0 < empty < len(content["training"]) * len(LESION_RATERS) / 2  # some raters' masks are empty
+    with pytest.raises(ValueError, match="binary"):
+        generate_synthetic_dataset(tmp_path / "x", layout="lesion", num_classes=3)
+
+
+def test_rater_parameters_in_the_name():
+    from multirater_monai.transforms import MissRater, OverRater, make_rater
+
+    assert isinstance(make_rater("over-1"), OverRater) and make_rater("over-1").radius == 1.0
+    assert make_rater("miss-0.25").probability == 0.25 and isinstance(make_rater("miss"), MissRater)
+    with pytest.raises(ValueError, match="takes no parameter"):
+        make_rater("blank-1")
+    with pytest.raises(ValueError, match="not a number"):
+        make_rater("over-wide")
+    label = np.zeros((16, 16), np.uint8)
+    label[5:9, 5:9] = 1
+    draws = [make_rater("miss-0.5")(label, rng=i).any() for i in range(40)]
+    assert 5 < sum(draws) < 35  # misses about half of the time

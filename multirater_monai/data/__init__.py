@@ -5,6 +5,7 @@ from .synthetic import (
     DEFAULT_SPLIT_SIZES,
     GENERATOR_VERSION,
     LAYOUTS,
+    LESION_RATERS,
     assign_raters,
     ensure_synthetic_dataset,
     generate_synthetic_dataset,

@@ -14,6 +14,9 @@ layouts (:data:`LAYOUTS`):
   image-level labels vary from image to image (some images hold no object at all); a present class
   has one to three objects whose sizes span a wide range (radius log-uniform over a factor 6), so one
   image holds objects at several scales.
+- ``"lesion"``: one small lesion per image (class 1, binary), 0.2 % to 1 % of the voxels, among bright
+  elongated distractors (vessels) that are background: the regime of lung-nodule crops (LIDC-IDRI), where
+  the foreground is rare. With the panel :data:`LESION_RATERS`, some raters' masks are empty.
 
 Simulated raters (:mod:`multirater_monai.transforms.raters`) draw the rater labels from the truth
 and the image. The dataset is written as NIfTI with a decathlon-style datalist (format in
@@ -40,6 +43,7 @@ from multirater_monai.transforms.raters import DEFAULT_RATERS, dilate_mask, make
 
 __all__ = [
     "LAYOUTS",
+    "LESION_RATERS",
     "GENERATOR_VERSION",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_SPLIT_SIZES",
@@ -54,8 +58,15 @@ GENERATOR_VERSION = 1
 """Version of the generation algorithm; part of the recorded parameters, so that a dataset made
 by another algorithm version is not mistaken for the requested one."""
 
-LAYOUTS = ("nested", "scene")
+LAYOUTS = ("nested", "scene", "lesion")
 """Scene layouts of :func:`make_synthetic_image`."""
+
+LESION_RATERS: tuple[str, ...] = ("good", "over-1", "under-1", "miss")
+"""A rater panel for the ``"lesion"`` layout: near-truth, one voxel wider, one voxel narrower (small
+lesions vanish), and a reader who misses half of the lesions."""
+
+LESION_FRACTION = (0.002, 0.01)
+"""Range of the lesion's share of the image's voxels in the ``"lesion"`` layout."""
 
 PARAMETER_DEFAULTS: dict[str, Any] = {"layout": "nested"}
 """Generation parameters added after version 1, with the values that reproduce datasets written before them
@@ -115,7 +126,7 @@ def make_synthetic_image(
         num_classes: ``L`` including background; ``L > 2`` adds nested structures (``"nested"``) or kinds of
             objects (``"scene"``).
         image_size: side length or per-axis sizes (default :data:`DEFAULT_IMAGE_SIZE`).
-        layout: ``"nested"`` or ``"scene"`` (module docstring).
+        layout: ``"nested"``, ``"scene"`` or ``"lesion"`` (module docstring).
 
     Returns:
         image (1, *S) float32, z-score normalised; truth (*S) uint8 class indices in ``0..L-1``.
@@ -131,6 +142,10 @@ def make_synthetic_image(
     coords = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
     if layout == "scene":
         truth, objects = _scene_objects(rng, coords, shape, num_classes)
+    elif layout == "lesion":
+        if num_classes != 2:
+            raise ValueError(f"the 'lesion' layout is binary (num_classes 2), got {num_classes}.")
+        truth, objects = _lesion_objects(rng, coords, shape)
     else:
         truth, objects = _nested_objects(rng, coords, shape, num_classes)
     return _render(rng, objects, shape, side), truth
@@ -271,6 +286,38 @@ def _scene_objects(
     return truth, objects
 
 
+def _lesion_objects(rng: np.random.Generator, coords: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Truth (*S) uint8 and intensities (*S) of the "lesion" layout: one blob of class 1 covering a share of the
+    voxels drawn in :data:`LESION_FRACTION`, away from the border, plus one to three thin bright vessels
+    (class 0) that may pass near it."""
+    dims = len(shape)
+    voxels = float(np.prod(shape))
+    truth = np.zeros(shape, dtype=np.uint8)
+    objects = np.zeros(shape, dtype=np.float64)
+    shape_field = _smooth_noise(rng, shape, sigma=min(shape) / 16.0)
+    target = rng.uniform(*LESION_FRACTION) * voxels
+    unit = np.pi if dims == 2 else 4.0 * np.pi / 3.0  # area / volume of the unit disc / ball
+    radius = (target / unit) ** (1.0 / dims)
+
+    def draw(rng: np.random.Generator) -> tuple:
+        semi_axes = radius * rng.uniform(0.8, 1.25, size=dims)
+        margin = semi_axes.max() + 0.15 * min(shape)
+        centre = np.array([rng.uniform(margin, n - 1 - margin) for n in shape])
+        return centre, semi_axes, _random_rotation(rng, dims), rng.random() < 0.4
+
+    placed = _place_object(rng, coords, np.zeros(shape, dtype=bool), shape_field, 3, draw)
+    if placed is not None:
+        truth[placed[0]] = 1
+        objects[placed[0]] = rng.uniform(0.5, 0.8) if rng.random() < 0.3 else rng.uniform(1.0, 1.6)
+    for _ in range(int(rng.integers(1, 4))):  # vessels: long thin ellipsoids, background
+        length = rng.uniform(0.25, 0.6) * min(shape)
+        axes = np.array([length] + [rng.uniform(0.6, 1.2)] * (dims - 1))
+        centre = np.array([rng.uniform(0, n - 1) for n in shape])
+        vessel = (_ellipsoid_level(coords, centre, axes, _random_rotation(rng, dims)) <= 1.0) & (truth == 0)
+        objects[vessel] = np.maximum(objects[vessel], rng.uniform(0.6, 1.2))
+    return truth, objects
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest connected component (full connectivity) of a (*S) bool mask."""
     components, num = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
@@ -345,7 +392,7 @@ def synthetic_parameters(
     if not names or len(set(names)) != len(names):
         raise ValueError(f"raters must be distinct names, got {names}.")
     for name in names:
-        if not isinstance(name, str) or not name.replace("+", "").replace("_", "").isalnum():
+        if not isinstance(name, str) or not name.replace("+", "").replace("_", "").replace("-", "").replace(".", "").isalnum():
             raise ValueError(f"rater name {name!r} is not a plain registry name.")
         make_rater(name)  # raises on unknown names
     if labels_per_image is not None and not 1 <= labels_per_image <= len(names):
@@ -354,6 +401,8 @@ def synthetic_parameters(
         raise ValueError(f"seed must be >= 0, got {seed}.")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
+    if layout == "lesion" and num_classes != 2:
+        raise ValueError(f"the 'lesion' layout is binary (num_classes 2), got {num_classes}.")
     return {
         "version": GENERATOR_VERSION,
         "spatial_dims": int(spatial_dims),
@@ -379,6 +428,8 @@ def _cm_to_json(cm: np.ndarray) -> list:
 
 
 def _class_names(num_classes: int, layout: str) -> dict[str, str]:
+    if layout == "lesion":
+        return {"0": "background", "1": "lesion"}
     if layout == "scene":
         return {"0": "background", **{str(c): f"kind{c}" for c in range(1, num_classes)}}
     return {"0": "background", "1": "object", **{str(c): f"core{c - 1}" for c in range(2, num_classes)}}
@@ -537,8 +588,8 @@ def generate_synthetic_dataset(
         labels_per_image: raters kept per image; None keeps all. With 1, each item records its rater's
             index as ``"annotator"`` (one annotator per image, e.g. ``raters=TAX_RATERS``).
         seed: non-negative seed of everything.
-        layout: ``"nested"`` (default) or ``"scene"`` (classes present or absent per image, objects at
-            several scales), see the module docstring.
+        layout: ``"nested"`` (default), ``"scene"`` (classes present or absent per image, objects at
+            several scales) or ``"lesion"`` (one small lesion per image), see the module docstring.
 
     Returns:
         Path of ``output_dir/datalist.json``.

@@ -9,6 +9,7 @@ from .raters import (
     ComposeRaters,
     ContrastRater,
     FractureRater,
+    MissRater,
     GoodRater,
     MaskRater,
     OverRater,

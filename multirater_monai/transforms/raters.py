@@ -26,7 +26,8 @@ Raters (registry :data:`RATERS`, :func:`make_rater`):
     ``perfect`` the reference itself; ``good`` near-truth with ±``radius`` boundary jitter in random
     patches; ``over`` dilation; ``under`` erosion; ``fracture`` random small holes and cuts;
     ``wrong`` over-segmentation followed by fractures (CM-Net's "wrong segmentation");
-    ``blank`` all background; ``contrast`` image dependent: per connected object, dilates objects
+    ``blank`` all background; ``miss`` all background on some images (a reader who missed the lesion);
+    ``contrast`` image dependent: per connected object, dilates objects
     that contrast with their surroundings and erodes faint ones; ``simplify`` straight outlines: each
     object replaced by the few-sided polygon / polyhedron circumscribing it.
     The TAX paper's tendencies (``dilated``, ``eroded``, ``simplified``, ``none``) are aliases of
@@ -37,6 +38,7 @@ Raters (registry :data:`RATERS`, :func:`make_rater`):
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol, Union
@@ -60,6 +62,7 @@ __all__ = [
     "UnderRater",
     "FractureRater",
     "BlankRater",
+    "MissRater",
     "ContrastRater",
     "SimplifyRater",
     "ComposeRaters",
@@ -213,6 +216,25 @@ class PerfectRater(Rater):
 
     def apply(self, label: np.ndarray, image: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
         return label.copy()
+
+
+class MissRater(Rater):
+    """A rater who misses the whole image with probability ``probability`` (draws nothing), else draws the
+    reference: the readers of LIDC-IDRI who did not mark a nodule that others marked.
+
+    Args:
+        probability: chance of an empty label map, in [0, 1].
+    """
+
+    name = "miss"
+
+    def __init__(self, probability: float = 0.5) -> None:
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], got {probability}.")
+        self.probability = float(probability)
+
+    def apply(self, label: np.ndarray, image: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        return np.zeros_like(label) if rng.random() < self.probability else label.copy()
 
 
 class BlankRater(Rater):
@@ -507,6 +529,7 @@ RATERS: dict[str, Callable[..., Rater]] = {
     "fracture": FractureRater,
     "wrong": WrongRater,
     "blank": BlankRater,
+    "miss": MissRater,
     "contrast": ContrastRater,
     "simplify": SimplifyRater,
     # the TAX paper's names of its tendencies
@@ -522,15 +545,29 @@ def make_rater(name: str, **params: Any) -> Rater:
     """A rater from its registry name and parameters, e.g. ``make_rater("over", radius=3)``.
 
     ``"a+b"`` composes registry raters with default parameters (``ComposeRaters``), e.g.
-    ``make_rater("over+fracture")``.
+    ``make_rater("over+fracture")``; ``"name-value"`` sets the rater's first parameter, e.g. ``"over-1"`` is
+    ``OverRater(radius=1)`` and ``"miss-0.3"`` is ``MissRater(probability=0.3)`` (usable in a synthetic
+    dataset's rater list, which holds names).
     """
     if "+" in name:
         if params:
             raise ValueError(f"parameters cannot be given for a composed rater name '{name}'.")
         return ComposeRaters([make_rater(part) for part in name.split("+")], name=name)
-    if name not in RATERS:
-        raise ValueError(f"unknown rater '{name}'; known: {sorted(RATERS)}.")
-    return RATERS[name](**params)
+    base, _, value = name.partition("-")
+    if base not in RATERS:
+        raise ValueError(f"unknown rater '{base}'; known: {sorted(RATERS)}.")
+    if value:
+        first = next(iter(inspect.signature(RATERS[base]).parameters), None)
+        if first is None or first in params:
+            raise ValueError(f"rater '{name}': '{base}' takes no parameter in its name.")
+        try:
+            params = {first: float(value), **params}
+        except ValueError:
+            raise ValueError(f"rater '{name}': '{value}' is not a number.") from None
+    rater = RATERS[base](**params)
+    if value:
+        rater.name = name
+    return rater
 
 
 class SimulateRatersd(MapTransform, Randomizable):
