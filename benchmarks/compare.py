@@ -162,6 +162,7 @@ def run_arm(
         "eval_dir": str(folder / "eval"),
         "dataset_dir": str(data),
         **{f"synthetic#{k}": v for k, v in synthetic_arguments(panel, regime, num_train).items()},
+        "num_raters": len(PANELS[panel]["raters"]),
         "max_epochs": epochs,  # each bundle's stages take their lengths from it (see its train.json)
         "seed": seed,
         "mlflow_enabled": False,

@@ -148,3 +148,22 @@ def test_recovers_a_flipping_rater():
     with torch.no_grad():
         accuracy = (net.eval()(image).argmax(1) == truth).float().mean()
     assert accuracy > 0.95
+
+
+def test_class_balanced_likelihood_by_hand():
+    """Labels: 3 of class 1, 1 of class 0 -> balanced weights 4/(2·1) = 2 for class 0 and 4/(2·3) = 2/3 for class 1."""
+    w0, w1 = 2.0, 2.0 / 3.0
+    nll = {(0, 0): -math.log(0.76), (0, 1): -math.log(0.59), (1, 0): -math.log(0.46), (1, 1): -math.log(0.61)}
+    labels = {(0, 0): 0, (0, 1): 1, (1, 0): 1, (1, 1): 1}
+    weight = {k: w0 if labels[k] == 0 else w1 for k in labels}
+    pair = [sum(weight[r, i] * nll[r, i] for i in (0, 1)) / sum(weight[r, i] for i in (0, 1)) for r in (0, 1)]
+    loss = CMNetLoss(trace_weight=0.0, class_weights="balanced")(_outputs(), LABELS)
+    assert loss.item() == pytest.approx(sum(pair) / 2, rel=1e-5)
+    fixed = CMNetLoss(trace_weight=0.0, class_weights=[w0, w1])(_outputs(), LABELS)
+    assert fixed.item() == pytest.approx(loss.item(), rel=1e-5)
+    plain = CMNetLoss(trace_weight=0.0)(_outputs(), LABELS)
+    assert plain.item() == pytest.approx(sum(nll.values()) / 4, rel=1e-5)
+    with pytest.raises(ValueError, match="class_weights"):
+        CMNetLoss(class_weights="inverse")
+    with pytest.raises(ValueError, match="3 entries"):
+        CMNetLoss(class_weights=[1.0, 2.0, 3.0])(_outputs(), LABELS)

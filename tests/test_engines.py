@@ -19,6 +19,7 @@ from multirater_monai.engines import (
     Stage,
     Teacher,
     TrainStep,
+    epochs_for_iterations,
     frozen_modules,
     total_epochs,
 )
@@ -305,6 +306,17 @@ def _staged_run(tmp_path, max_epochs, resume=False, stop_at=None):
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_at), lambda e: e.terminate())
     trainer.run()
     return trainer, net, projector, schedule, second_opt, order
+
+
+def test_a_stage_in_iterations_keeps_its_length_whatever_the_dataset_size():
+    # 200 images in batches of 16 are 13 iterations an epoch, 16 images one: the same 30 iterations of warm-up
+    assert epochs_for_iterations(30, 13) == 3 and epochs_for_iterations(30, 1) == 30
+    assert epochs_for_iterations(39, 13) == 3 and epochs_for_iterations(40, 13) == 4  # at least that many steps
+    assert epochs_for_iterations(0, 5) == 0
+    loader = torch.utils.data.DataLoader(list(range(16)), batch_size=6, drop_last=True)  # what the epoch runs
+    assert epochs_for_iterations(5, len(loader)) == 3
+    with pytest.raises(ValueError, match="at least one iteration"):
+        epochs_for_iterations(30, 0)
 
 
 def test_action_stage_runs_once_before_validation_and_checkpoint(tmp_path):

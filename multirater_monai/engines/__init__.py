@@ -13,7 +13,7 @@ from .checkpoints import (
 from .model_saver import BestModelSaver, ModelExistsError
 from .prepare_batch import PrepareBatchDict, PrepareBatchKeys
 from .report import EpochReport
-from .stages import MultiStageSchedule, Stage, frozen_modules, total_epochs
+from .stages import MultiStageSchedule, Stage, epochs_for_iterations, frozen_modules, total_epochs
 from .steps import NonFiniteError, RecurrentStep, TrainStep
 from .summary import print_run_summary
 from .teacher import Teacher
@@ -41,6 +41,7 @@ __all__ = [
     "Teacher",
     "TrainStep",
     "call_network",
+    "epochs_for_iterations",
     "frozen_modules",
     "latest_checkpoint",
     "print_run_summary",

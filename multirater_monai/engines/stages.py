@@ -41,7 +41,7 @@ from ignite.engine import Engine, Events
 
 from multirater_monai.engines.adapters import unwrap_network
 
-__all__ = ["Stage", "MultiStageSchedule", "total_epochs", "frozen_modules"]
+__all__ = ["Stage", "MultiStageSchedule", "epochs_for_iterations", "total_epochs", "frozen_modules"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,23 @@ def _as_stage(stage: Stage | Mapping) -> Stage:
 def total_epochs(stages: Sequence[Stage | Mapping]) -> int:
     """Sum of the stages' epochs: the trainer's ``max_epochs``."""
     return sum(_as_stage(s).epochs for s in stages)
+
+
+def epochs_for_iterations(iterations: int, epoch_length: int) -> int:
+    """The fewest epochs of ``epoch_length`` iterations that give at least ``iterations`` optimiser steps.
+
+    A stage whose length the method defines in iterations (a warm-up "for sufficient iterations") keeps that
+    length whatever the dataset size: ``"epochs": "$epochs_for_iterations(@warmup_iterations,
+    len(@train#dataloader))"`` is 3 epochs of 13 batches on 200 images and 30 epochs on 16 images (batch 16).
+    The data loader's length counts what the epoch really runs (``drop_last``, a distributed sampler's share).
+    0 iterations is 0 epochs (no stage).
+    """
+    iterations, epoch_length = int(iterations), int(epoch_length)
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}.")
+    if epoch_length < 1:
+        raise ValueError(f"an epoch must have at least one iteration, got {epoch_length} (is the training data empty?).")
+    return -(-iterations // epoch_length)
 
 
 def frozen_modules(network: torch.nn.Module) -> list[torch.nn.Module]:

@@ -18,7 +18,7 @@ over raters with the NLL, not summed over raters on its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from monai.utils import LossReduction
@@ -52,6 +52,10 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
         eps: lower clamp of ``A_r · p`` before the log.
         reduction: ``"mean"`` over annotating (image, rater) pairs, ``"sum"`` over them, or ``"none"``:
             the (B, R) per-pair losses, 0 for raters who did not annotate.
+        class_weights: ``None`` (every labelled pixel counts the same, the paper's likelihood), ``"balanced"``
+            (each pixel weighted by the inverse frequency of its rater label among the batch's labelled pixels,
+            so that each class weighs the same in the NLL: a class-balanced likelihood for rare foregrounds),
+            or one weight per class. The NLL of a pair is then the weighted mean over its pixels.
     """
 
     def __init__(
@@ -60,13 +64,17 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
         nll_weight: float = 1.0,
         eps: float = 1e-7,
         reduction: LossReduction | str = LossReduction.MEAN,
+        class_weights: str | Sequence[float] | None = None,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         if eps <= 0:
             raise ValueError(f"eps must be positive, got {eps}.")
+        if isinstance(class_weights, str) and class_weights != "balanced":
+            raise ValueError(f"class_weights must be None, 'balanced' or one weight per class, got {class_weights!r}.")
         self.trace_weight = float(trace_weight)
         self.nll_weight = float(nll_weight)
         self.eps = float(eps)
+        self.class_weights = class_weights
         self.last_nll: torch.Tensor = torch.tensor(float("nan"))
         self.last_trace: torch.Tensor = torch.tensor(float("nan"))
 
@@ -141,7 +149,11 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
         annotated = count > 0
         denominator = count.clamp_min(1).to(nll.dtype)
         zero = torch.zeros((), dtype=nll.dtype, device=nll.device)
-        nll_pair = torch.where(valid, nll, zero).flatten(2).sum(-1) / denominator
+        if self.class_weights is None:
+            nll_pair = torch.where(valid, nll, zero).flatten(2).sum(-1) / denominator
+        else:
+            weight = torch.where(valid, self.pixel_weights(labels, valid, num_classes).to(nll.dtype), zero)
+            nll_pair = (weight * nll).flatten(2).sum(-1) / weight.flatten(2).sum(-1).clamp_min(self.eps)
         trace_pair = torch.where(valid, trace, zero).flatten(2).sum(-1) / denominator
         loss_pair = torch.where(annotated, self.nll_weight * nll_pair + self.trace_weight * trace_pair, zero)
 
@@ -155,3 +167,15 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
         if self.reduction == LossReduction.SUM.value:
             return loss_pair.sum()
         return loss_pair.sum() / pairs.clamp_min(1).to(loss_pair.dtype)
+
+    def pixel_weights(self, labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """(B, R, *S) weight of each pixel's rater label: the class weights, or the batch's inverse class frequencies."""
+        if self.class_weights == "balanced":
+            counts = torch.bincount(labels[valid], minlength=num_classes).to(torch.float32)
+            present = counts > 0
+            weights = torch.where(present, counts.sum() / (present.sum() * counts.clamp_min(1)), torch.zeros_like(counts))
+        else:
+            weights = torch.as_tensor(self.class_weights, dtype=torch.float32)
+            if weights.numel() != num_classes:
+                raise ValueError(f"class_weights has {weights.numel()} entries, the network has {num_classes} classes.")
+        return weights.to(labels.device)[labels.clamp_min(0)]
