@@ -33,6 +33,18 @@ def test_parse_arm_names_and_specs(compare):
             compare.parse_arm(bad)
 
 
+def test_sparse_lesion_suite_by_training_set_size(compare):
+    """--panels lesion --num-train 16: the lesion layout with its four readers, 16 training images, its own suite name."""
+    args = compare.synthetic_arguments("lesion", "dense", 16)
+    assert args["layout"] == "lesion" and args["num_train"] == 16 and args["labels_per_image"] is None
+    assert len(args["raters"]) == 4 and "miss" in args["raters"]
+    assert compare.suite_name("lesion", 16) == "lesion-n16" and compare.suite_name("lesion", None) == "lesion"
+    assert compare.synthetic_arguments("default", "one", None)["labels_per_image"] == 1
+    assert "num_train" not in compare.synthetic_arguments("default", "dense", None)
+    # override values are read as JSON: null turns an option off (the paper's unweighted likelihood)
+    assert compare.parse_arm("cmnet:warmup_epochs=3,class_weights=null") == ("cmnet", {"warmup_epochs": 3, "class_weights": None})
+
+
 def _run(arm, seed, dice, epochs=60, regime="dense"):
     return {"panel": "default", "regime": regime, "arm": arm, "seed": seed, "epochs": epochs, "dice": dice}
 

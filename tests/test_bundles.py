@@ -22,7 +22,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -108,6 +107,18 @@ def test_config_workflow_properties(name, files, workflow_type, tmp_path):
     )
     workflow.initialize()
     assert workflow.check_properties() in (None, [])
+
+
+@pytest.mark.parametrize("num_train,batch_size,warmup_epochs", [(16, 16, 30), (200, 16, 3), (20, 4, 6)])
+def test_cmnet_warmup_lasts_its_iterations_whatever_the_dataset_size(num_train, batch_size, warmup_epochs, tmp_path):
+    """The warm-up is 30 optimiser steps: 3 epochs on the default 200 images, not 3 iterations on 16 images."""
+    parser = ConfigParser()
+    parser.read_config(str(configs("cmnet") / "train.json"))
+    parser.update({"bundle_root": str(tmp_path / "bundle"), "dataset_dir": str(tmp_path / "data"), "batch_size": batch_size,
+                   "synthetic#image_size": 16, "synthetic#num_train": num_train, "synthetic#num_val": 1, "synthetic#num_test": 1})
+    assert parser.get_parsed_content("warmup_epochs") == warmup_epochs
+    stages = parser.get_parsed_content("stages")
+    assert [s["epochs"] for s in stages] == [warmup_epochs, parser["max_epochs"] - warmup_epochs]
 
 
 def _failure_report(output: str, tail: int = 4000) -> str:
@@ -256,11 +267,13 @@ def test_nan_training_stops_and_keeps_the_model(trained_bundle):
 @SHARED_BEHAVIOUR
 def test_unreachable_tracking_server_stops_the_run_at_once(trained_bundle):
     bundle = trained_bundle["bundle"]
-    start = time.perf_counter()
     proc = _bundle_process(bundle, ["configs/train.json"], trained_bundle["overrides"], trained_bundle["repo"] / "uri.log",
                            ["--tracking_uri", "http://127.0.0.1:9"])
     _fails_with_one_line(proc, "MLflow tracking server http://127.0.0.1:9 does not answer")
-    assert time.perf_counter() - start < 120  # was 256 s of retries
+    # named before training starts, by one request: not after MLflow's 256 s of retries at the first epoch
+    # (checked on the output, not on the clock, which a loaded machine stretches)
+    output = proc.stdout + proc.stderr
+    assert "Retrying" not in output and not re.search(r"epoch 1/\d+", output)
 
 
 @pytest.mark.slow
