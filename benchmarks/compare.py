@@ -60,6 +60,10 @@ ARMS: dict[str, tuple[str, dict]] = {
     "cmnet_lowrank": ("cmnet", {"cm_type": "low_rank", "rank": 1}),
     "cmnet_separate": ("cmnet", {"cm_type": "pixel", "shared_trunk": False}),
     "cmnet_nowarmup": ("cmnet", {"cm_type": "pixel", "warmup_epochs": 0}),
+    # cmnet 0.2.0: the class-balanced likelihood for the whole run, not annealed into the paper's
+    "cmnet_pixel_constant_balance": ("cmnet", {"cm_type": "pixel", "class_balance_iterations": 10**9}),
+    "cmnet_global_constant_balance": ("cmnet", {"cm_type": "global", "class_balance_iterations": 10**9}),
+    "cmnet_lowrank_constant_balance": ("cmnet", {"cm_type": "low_rank", "rank": 1, "class_balance_iterations": 10**9}),
 }
 ORACLE = "oracle"
 REGIMES = {"dense": None, "one": 1}

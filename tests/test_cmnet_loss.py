@@ -167,3 +167,25 @@ def test_class_balanced_likelihood_by_hand():
         CMNetLoss(class_weights="inverse")
     with pytest.raises(ValueError, match="3 entries"):
         CMNetLoss(class_weights=[1.0, 2.0, 3.0])(_outputs(), LABELS)
+
+
+def test_class_balance_is_an_exponent_on_the_weights_from_balanced_to_the_papers_likelihood():
+    """class_balance 1: the balanced weights (2, 2/3); 0.5: their square roots; 0: every pixel the same."""
+    nll = {(0, 0): -math.log(0.76), (0, 1): -math.log(0.59), (1, 0): -math.log(0.46), (1, 1): -math.log(0.61)}
+    labels = {(0, 0): 0, (0, 1): 1, (1, 0): 1, (1, 1): 1}
+
+    def by_hand(w0, w1):
+        weight = {k: w0 if labels[k] == 0 else w1 for k in labels}
+        return sum(sum(weight[r, i] * nll[r, i] for i in (0, 1)) / sum(weight[r, i] for i in (0, 1)) for r in (0, 1)) / 2
+
+    loss = CMNetLoss(trace_weight=0.0, class_weights="balanced")
+    for balance, (w0, w1) in [(1.0, (2.0, 2.0 / 3.0)), (0.5, (2.0**0.5, (2.0 / 3.0) ** 0.5)), (0.0, (1.0, 1.0))]:
+        loss.class_balance = balance
+        assert loss(_outputs(), LABELS).item() == pytest.approx(by_hand(w0, w1), rel=1e-5), balance
+    assert by_hand(2.0, 2.0 / 3.0) != pytest.approx(by_hand(1.0, 1.0), rel=1e-3)  # the cases differ
+    loss.class_balance = 0.0
+    plain = CMNetLoss(trace_weight=0.0)(_outputs(), LABELS)
+    assert loss(_outputs(), LABELS).item() == pytest.approx(plain.item(), rel=1e-6)
+    loss.class_balance = 1.5
+    with pytest.raises(ValueError, match="class_balance"):
+        loss(_outputs(), LABELS)

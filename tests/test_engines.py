@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
@@ -453,3 +453,29 @@ def test_an_action_before_any_epoch_runs_before_the_first_iteration():
     trainer = _trainer(net, _head_loss, 1, schedule=schedule)
     trainer.run()
     assert seen == [0] and schedule.actions_done == {"init"}
+
+
+def test_linear_attribute_schedule_follows_the_iteration_and_resumes_where_it_stopped():
+    from multirater_monai.engines import LinearAttributeSchedule
+
+    class Holder:
+        class_balance = 1.0
+
+    a, b = Holder(), Holder()
+    schedule = LinearAttributeSchedule([a, b], "class_balance", start=1.0, end=0.0, iterations=10)
+    seen = []
+    engine = Engine(lambda e, batch: seen.append(a.class_balance))
+    schedule.attach(engine)
+    engine.run(range(4), max_epochs=3)  # 12 iterations: the ramp ends at the 11th
+    assert seen == pytest.approx([1.0 - i / 10 for i in range(10)] + [0.0, 0.0])
+    assert b.class_balance == 0.0
+    # a resumed engine (iteration already 6) continues the ramp, it does not restart it
+    resumed = Engine(lambda e, batch: seen.append(a.class_balance))
+    schedule.attach(resumed)
+    resumed.load_state_dict({"iteration": 6, "epoch_length": 6, "max_epochs": 2})
+    seen.clear()
+    resumed.run(range(6))
+    assert seen == pytest.approx([0.4, 0.3, 0.2, 0.1, 0.0, 0.0])
+    assert LinearAttributeSchedule(a, "class_balance", 1.0, 0.0, 0).value(0) == 0.0
+    with pytest.raises(AttributeError, match="no attribute 'balance'"):
+        LinearAttributeSchedule(a, "balance", 1.0, 0.0, 5)

@@ -1,5 +1,6 @@
 """Ignite engines and handlers shared by the bundles: trainer, training steps, stage schedule, teachers."""
 
+from .attribute_schedule import LinearAttributeSchedule
 from .adapters import AllOutputs, StackedOutputs, call_network, unwrap_network
 from .checkpoints import (
     CheckpointError,
@@ -31,6 +32,7 @@ __all__ = [
     "TrainingCheckpointer",
     "checkpoint_files",
     "EpochReport",
+    "LinearAttributeSchedule",
     "MultiRaterTrainer",
     "MultiStageSchedule",
     "PrepareBatchDict",

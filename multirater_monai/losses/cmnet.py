@@ -56,6 +56,11 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
             (each pixel weighted by the inverse frequency of its rater label among the batch's labelled pixels,
             so that each class weighs the same in the NLL: a class-balanced likelihood for rare foregrounds),
             or one weight per class. The NLL of a pair is then the weighted mean over its pixels.
+        class_balance: exponent applied to the class weights, in [0, 1]: 1 uses them as given, 0 weighs every
+            pixel the same (the paper's likelihood). An attribute that a schedule may change during training
+            (:class:`multirater_monai.engines.LinearAttributeSchedule` anneals it from 1 to 0), because any fixed
+            weighting shifts the likelihood's optimum: the consensus of a class-balanced NLL over-segments a
+            rare class by about the weight ratio.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
         eps: float = 1e-7,
         reduction: LossReduction | str = LossReduction.MEAN,
         class_weights: str | Sequence[float] | None = None,
+        class_balance: float = 1.0,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         if eps <= 0:
@@ -75,6 +81,7 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
         self.nll_weight = float(nll_weight)
         self.eps = float(eps)
         self.class_weights = class_weights
+        self.class_balance = float(class_balance)
         self.last_nll: torch.Tensor = torch.tensor(float("nan"))
         self.last_trace: torch.Tensor = torch.tensor(float("nan"))
 
@@ -149,7 +156,9 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
         annotated = count > 0
         denominator = count.clamp_min(1).to(nll.dtype)
         zero = torch.zeros((), dtype=nll.dtype, device=nll.device)
-        if self.class_weights is None:
+        if not 0.0 <= self.class_balance <= 1.0:
+            raise ValueError(f"class_balance must be in [0, 1], got {self.class_balance}.")
+        if self.class_weights is None or self.class_balance == 0.0:
             nll_pair = torch.where(valid, nll, zero).flatten(2).sum(-1) / denominator
         else:
             weight = torch.where(valid, self.pixel_weights(labels, valid, num_classes).to(nll.dtype), zero)
@@ -169,7 +178,8 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
         return loss_pair.sum() / pairs.clamp_min(1).to(loss_pair.dtype)
 
     def pixel_weights(self, labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """(B, R, *S) weight of each pixel's rater label: the class weights, or the batch's inverse class frequencies."""
+        """(B, R, *S) weight of each pixel's rater label: the class weights, or the batch's inverse class frequencies,
+        to the power ``class_balance``."""
         if self.class_weights == "balanced":
             counts = torch.bincount(labels[valid], minlength=num_classes).to(torch.float32)
             present = counts > 0
@@ -178,4 +188,4 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
             weights = torch.as_tensor(self.class_weights, dtype=torch.float32)
             if weights.numel() != num_classes:
                 raise ValueError(f"class_weights has {weights.numel()} entries, the network has {num_classes} classes.")
-        return weights.to(labels.device)[labels.clamp_min(0)]
+        return (weights**self.class_balance).to(labels.device)[labels.clamp_min(0)]
