@@ -123,7 +123,7 @@ def test_cmnet_warmup_lasts_its_iterations_whatever_the_dataset_size(num_train, 
     # the class-balanced likelihood is annealed into the paper's over the whole run, counted in steps
     steps = parser["max_epochs"] * -(-num_train // batch_size)
     trainer = parser.get_parsed_content("train#trainer")
-    (schedule,) = [h for h in parser.get_parsed_content("method_handlers")]
+    (schedule,) = parser.get_parsed_content("method_handlers")
     assert schedule.iterations == steps and schedule.attribute == "class_balance"
     assert {id(t) for t in schedule.targets} == {id(parser.get_parsed_content(k)) for k in ("loss", "warmup_loss")}
     assert schedule.value(0) == 1.0 and schedule.value(steps) == 0.0
@@ -185,7 +185,7 @@ def trained_bundle(request, tmp_path_factory):
         # a schedule over the whole run (CM-Net's class balance) follows max_epochs, which this fixture raises
         # from 1 to 2 to stand for an interruption: give every run the ramp of the two-epoch run, as a run
         # really interrupted (same command) has
-        overrides["class_balance_iterations"] = 2 * (TINY_SYNTHETIC["num_train"] // 2)
+        overrides["class_balance_iterations"] = "$2 * len(@train#dataloader)"
     # from inside the bundle folder, as `cd bundles/<name>; python -m monai.bundle run --config_file configs/train.json`
     train_log = _run_bundle(bundle, ["configs/train.json"], overrides, repo / "train.log")
     first_epoch_model = (bundle / "models" / "model.pt").read_bytes()

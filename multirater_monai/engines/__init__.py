@@ -1,7 +1,7 @@
 """Ignite engines and handlers shared by the bundles: trainer, training steps, stage schedule, teachers."""
 
-from .attribute_schedule import LinearAttributeSchedule
 from .adapters import AllOutputs, StackedOutputs, call_network, unwrap_network
+from .attribute_schedule import LinearAttributeSchedule
 from .checkpoints import (
     CheckpointError,
     CheckpointResumer,
