@@ -3,8 +3,10 @@
 Each bundle's own ``train.json`` (with ``3d.json`` merged over it for 3D) builds the trainer: its
 network, loss, optimiser, training step and schedule (the step is timed in the schedule's last stage),
 on a batch that the bundle's own pre-processing makes from a small synthetic set (generated once under
-``--data``), so the figures are those of what the bundle trains. Each (bundle, dims) pair runs in a fresh process: peak memory is the growth of the
-process's peak resident set over its size before the first step (CPU) or ``torch.cuda.max_memory_allocated`` (GPU) over the steps.
+``--data``), so the figures are those of what the bundle trains (``multirater_monai.benchmark.cost``, which the
+leaderboard's cost columns use too). Each (bundle, dims) pair runs in a fresh process: peak memory is the growth of
+the process's peak resident set over its size before the first step (CPU) or ``torch.cuda.max_memory_allocated``
+(GPU) over the steps.
 Ratios are against ``fused_unet`` of the same dimensionality and number of classes, measured in the
 same run.
 
@@ -17,94 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from multirater_monai.bundle_utils import parse_bundle_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _rss_peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def _current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
-
-
-def measure(spec: str, dims: int, steps: int, warmup: int, device: str, data_dir: Path) -> dict:
-    """Time ``steps`` train steps of a bundle variant in ``dims``-D: the bundle's own trainer and training step
-    (forward, loss, backward, optimiser step, iteration events) on a batch from its own pre-processing, in the
-    last stage of its schedule."""
-    bundle, overrides = parse_bundle_spec(spec)
-    import torch
-    from monai.bundle import ConfigParser
-
-    configs = ROOT / "bundles" / bundle / "configs"
-    files = [str(configs / "train.json")] + ([str(configs / "3d.json")] if dims == 3 else [])
-    parser = ConfigParser()
-    parser.read_config(files)
-    parser["device"] = f"$torch.device('{device}')"
-    parser["mlflow_enabled"] = False
-    parser["bundle_root"] = str(data_dir / "bundle_root")
-    for key, value in overrides.items():
-        parser[key] = value
-    batch_size = parser.get_parsed_content("batch_size")
-    # a small synthetic set in the bundle's own geometry, so that the batch comes from its own pre-processing
-    parser["dataset_dir"] = str(data_dir / f"{dims}d_{parser.get_parsed_content('num_classes')}class")
-    parser["synthetic#num_train"], parser["synthetic#num_val"], parser["synthetic#num_test"] = batch_size, 1, 1
-    torch.manual_seed(0)
-    trainer = parser.get_parsed_content("train#trainer")
-    batch = next(iter(trainer.data_loader))
-    schedule = trainer.schedule
-    if schedule is not None:  # the main stage: the last one with epochs
-        schedule.enter(trainer, schedule.epoch_stages[-1])
-    trainer.state.iteration, trainer.state.epoch = 1, 1
-
-    def step() -> None:
-        trainer.train_step(trainer, batch)
-
-    # the baseline is taken before the first step, so the peak includes activations, gradients and
-    # optimiser state created by the steps
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _current_rss_mib()
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
-        base_mib = base / 2**20
-    else:
-        peak, base_mib = _rss_peak_mib(), base
-    return {
-        "bundle": spec,
-        "dims": dims,
-        "device": device,
-        "batch": int(batch["image"].shape[0]),
-        "patch": list(batch["image"].shape[2:]),
-        "step_ms_median": 1000 * statistics.median(times),
-        "step_ms_min": 1000 * min(times),
-        "peak_mib": peak,
-        "peak_over_idle_mib": max(peak - base_mib, 0.0),
-        "threads": torch.get_num_threads(),
-    }
 
 
 def main() -> None:
@@ -115,11 +36,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "results" / "bench_data", help="synthetic sets")
-    parser.add_argument("--single", nargs=2, metavar=("BUNDLE", "DIMS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.single:
-        print(json.dumps(measure(args.single[0], int(args.single[1]), args.steps, args.warmup, args.device, args.data)))
-        return
 
     # every variant is compared with the baseline of the same number of classes
     classes = {parse_bundle_spec(b)[1].get("num_classes") for b in args.bundles}
@@ -128,8 +45,8 @@ def main() -> None:
     results = []
     for dims in args.dims:
         for bundle in bundles:
-            cmd = [sys.executable, __file__, "--single", bundle, str(dims), "--steps", str(args.steps)]
-            cmd += ["--warmup", str(args.warmup), "--device", args.device, "--data", str(args.data)]
+            cmd = [sys.executable, "-m", "multirater_monai.benchmark.cost", bundle, str(dims), "--steps", str(args.steps)]
+            cmd += ["--warmup", str(args.warmup), "--device", args.device, "--data", str(args.data), "--root", str(ROOT)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"{bundle} ({dims}D) failed:\n{proc.stderr[-3000:]}")

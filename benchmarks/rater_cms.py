@@ -1,7 +1,7 @@
 """Estimated vs true confusion matrices of each rater, averaged over the test images, for a trained CM-Net.
 
-    python benchmarks/rater_cms.py benchmarks/results/compare/default/dense/cmnet_pixel/seed0/models/model.pt \
-        benchmarks/results/compare/data/synthetic_2d_default_dense/datalist.json --cm_type pixel
+    python benchmarks/rater_cms.py benchmarks/results/leaderboard/runs/default/cmnet_pixel/seed0-e60/models/model.pt \
+        benchmarks/results/leaderboard/data/default/datalist.json --cm_type pixel
 
 ``model`` is a bundle's ``models/model.pt`` or a training checkpoint (``models/checkpoints/*.pt``: the
 network as it was at the end of an epoch, e.g. the last one, where the best model is an earlier one).

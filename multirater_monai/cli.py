@@ -5,6 +5,7 @@ Subcommands:
     ``multirater quickstart``  train and evaluate a bundle on the synthetic data, print where results are.
     ``multirater prepare``     read a real dataset (LIDC-IDRI, BraTS, QUBIQ, MS lesions), check it, write a datalist.
     ``multirater sync-bundles`` write the shared configuration blocks into the bundles (``--check``: only compare).
+    ``multirater benchmark``   train and evaluate every method and baseline on the same data: the leaderboard.
 """
 
 from __future__ import annotations
@@ -108,12 +109,25 @@ def _build_parser() -> argparse.ArgumentParser:
     from multirater_monai.data.real.command import add_prepare_parser
 
     add_prepare_parser(sub)
+
+    from multirater_monai.benchmark.command import add_benchmark_parser
+
+    add_benchmark_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from multirater_monai.errors import UserError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _build_parser().parse_args(argv)
-    return args.func(args)
+    if hasattr(args, "argv"):  # a command that records how it was called (benchmark)
+        args.argv = argv
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

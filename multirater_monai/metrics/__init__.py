@@ -1,5 +1,5 @@
 """Metrics of the evaluation protocol (``docs/design.md``, "Evaluation protocol"): hard Dice, mIoU,
-thresholded soft Dice, generalized energy distance and confusion-matrix estimation error.
+thresholded soft Dice, generalized energy distance, confusion-matrix estimation error and per-rater Dice.
 
 ``compute_*`` functions take batch-first torch tensors; ``*Metric`` classes are MONAI cumulative
 metrics; the classes without suffix (``HardDice``, ``SoftDice``, ...) are Ignite handlers.
@@ -27,9 +27,11 @@ from multirater_monai.metrics.handlers import (
     GeneralizedEnergyDistance,
     HardDice,
     MeanIoU,
+    RaterDice,
     SoftDice,
 )
 from multirater_monai.metrics.iou import MeanIoUMetric, compute_miou
+from multirater_monai.metrics.rater_dice import RaterDiceMetric, compute_rater_dice
 from multirater_monai.metrics.reduction import ReducedCumulativeMetric
 
 __all__ = [
@@ -42,6 +44,8 @@ __all__ = [
     "HardDiceMetric",
     "MeanIoU",
     "MeanIoUMetric",
+    "RaterDice",
+    "RaterDiceMetric",
     "ReducedCumulativeMetric",
     "SoftDice",
     "SoftDiceMetric",
@@ -49,6 +53,7 @@ __all__ = [
     "compute_generalized_energy_distance",
     "compute_hard_dice",
     "compute_miou",
+    "compute_rater_dice",
     "compute_soft_dice",
     "empirical_confusion_matrix",
     "labels_to_foreground_masks",

@@ -21,8 +21,9 @@ from multirater_monai.metrics.cm_error import ConfusionMatrixErrorMetric
 from multirater_monai.metrics.dice import DEFAULT_THRESHOLDS, HardDiceMetric, SoftDiceMetric
 from multirater_monai.metrics.ged import GeneralizedEnergyDistanceMetric
 from multirater_monai.metrics.iou import MeanIoUMetric
+from multirater_monai.metrics.rater_dice import RaterDiceMetric
 
-__all__ = ["ConfusionMatrixError", "GeneralizedEnergyDistance", "HardDice", "MeanIoU", "SoftDice"]
+__all__ = ["ConfusionMatrixError", "GeneralizedEnergyDistance", "HardDice", "MeanIoU", "RaterDice", "SoftDice"]
 
 
 
@@ -142,4 +143,28 @@ class ConfusionMatrixError(IgniteMetricHandler):
         save_details: bool = True,
     ) -> None:
         metric_fn = ConfusionMatrixErrorMetric(reduction=reduction)
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+
+class RaterDice(IgniteMetricHandler):
+    """Mean per-rater Dice (:class:`~multirater_monai.metrics.RaterDiceMetric`) of a method that predicts each rater.
+
+    ``y_pred``: (B, R, *S) predicted class indices of each rater; ``y``: (B, R, *S) rater labels, channels
+    entirely -1 (raters who did not annotate) ignored.
+
+    Args:
+        num_classes: ``L``, background included.
+        reduction: reduction of the (B, R) values (MONAI ``MetricReduction``).
+        output_transform: callable extracting ``(y_pred, y)`` from ``engine.state.output``.
+        save_details: save the per-image, per-rater values to ``engine.state.metric_details[name]``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        metric_fn = RaterDiceMetric(num_classes=num_classes, reduction=reduction)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)

@@ -1,0 +1,129 @@
+"""Train-step time, peak memory and size of a bundle variant: the cost columns of the leaderboard.
+
+The bundle's own ``train.json`` (with ``3d.json`` merged over it for 3D) builds the trainer: its network, loss,
+optimiser, training step and schedule (the step is timed in the schedule's last stage), on a batch that the
+bundle's own pre-processing makes from a small synthetic set (generated once under ``data_dir``), so the figures
+are those of what the bundle trains. Run one measurement per process (``python -m
+multirater_monai.benchmark.cost SPEC DIMS``): peak memory is the growth of the process's peak resident set over
+its size before the first step (CPU) or ``torch.cuda.max_memory_allocated`` (GPU) over the steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+from multirater_monai.bundle_utils import parse_bundle_spec
+
+__all__ = ["measure_train_step"]
+
+
+def _rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def measure_train_step(
+    spec: str, dims: int, steps: int = 10, warmup: int = 2, device: str = "cpu", data_dir: str | Path = "bench_data",
+    root: str | Path | None = None,
+) -> dict:
+    """Time ``steps`` train steps of a bundle variant in ``dims``-D: the bundle's own trainer and training step
+    (forward, loss, backward, optimiser step, iteration events) on a batch from its own pre-processing, in the
+    last stage of its schedule."""
+    bundle, overrides = parse_bundle_spec(spec)
+    root = Path(root) if root is not None else _repository_root()
+    data_dir = Path(data_dir)
+    import torch
+    from monai.bundle import ConfigParser
+
+    configs = root / "bundles" / bundle / "configs"
+    files = [str(configs / "train.json")] + ([str(configs / "3d.json")] if dims == 3 else [])
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["device"] = f"$torch.device('{device}')"
+    parser["mlflow_enabled"] = False
+    parser["bundle_root"] = str(data_dir / "bundle_root")
+    for key, value in overrides.items():
+        parser[key] = value
+    batch_size = parser.get_parsed_content("batch_size")
+    # a small synthetic set in the bundle's own geometry, so that the batch comes from its own pre-processing
+    parser["dataset_dir"] = str(data_dir / f"{dims}d_{parser.get_parsed_content('num_classes')}class")
+    parser["synthetic#num_train"], parser["synthetic#num_val"], parser["synthetic#num_test"] = batch_size, 1, 1
+    torch.manual_seed(0)
+    trainer = parser.get_parsed_content("train#trainer")
+    batch = next(iter(trainer.data_loader))
+    schedule = trainer.schedule
+    if schedule is not None:  # the main stage: the last one with epochs
+        schedule.enter(trainer, schedule.epoch_stages[-1])
+    trainer.state.iteration, trainer.state.epoch = 1, 1
+
+    def step() -> None:
+        trainer.train_step(trainer, batch)
+
+    # the baseline is taken before the first step, so the peak includes activations, gradients and
+    # optimiser state created by the steps
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _current_rss_mib()
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        base_mib = base / 2**20
+    else:
+        peak, base_mib = _rss_peak_mib(), base
+    return {
+        "bundle": spec,
+        "dims": dims,
+        "device": device,
+        "batch": int(batch["image"].shape[0]),
+        "patch": list(batch["image"].shape[2:]),
+        "step_ms_median": 1000 * statistics.median(times),
+        "step_ms_min": 1000 * min(times),
+        "peak_mib": peak,
+        "peak_over_idle_mib": max(peak - base_mib, 0.0),
+        "threads": torch.get_num_threads(),
+        "parameters": sum(p.numel() for p in trainer.network.parameters()),
+    }
+
+
+def _repository_root() -> Path:
+    from multirater_monai.engines.quickstart import find_repository_bundle
+
+    return find_repository_bundle("fused_unet").parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="one train-step measurement of a bundle variant, printed as JSON")
+    parser.add_argument("spec", help="bundle or bundle:key=value,...")
+    parser.add_argument("dims", type=int, choices=(2, 3))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", type=Path, required=True, help="folder of the small synthetic sets")
+    parser.add_argument("--root", type=Path, default=None, help="repository root holding bundles/")
+    args = parser.parse_args()
+    print(json.dumps(measure_train_step(args.spec, args.dims, args.steps, args.warmup, args.device, args.data, args.root)))
+
+
+if __name__ == "__main__":
+    main()
