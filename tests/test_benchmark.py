@@ -115,7 +115,7 @@ def test_suites_cover_the_protocol():
 
 
 def test_noise_ladder_degrades_the_fused_labels(tmp_path):
-    """The ladder's two ends: fused-label Dice near 0.95 at the low end, near 0.5 at the high end (small splits)."""
+    """The ladder's two ends: fused labels equal to the truth at the low end, Dice near 0.5 at the high end."""
     ends = [SYNTHETIC_SUITES["noise-0.5"], SYNTHETIC_SUITES["noise-6"]]
     dice = []
     for suite in ends:
@@ -123,7 +123,7 @@ def test_noise_ladder_degrades_the_fused_labels(tmp_path):
         stats = label_statistics(prepare_suite(suite, tmp_path))
         dice.append(stats["majority"]["label_dice"])
         assert set(stats) == {"mean", "majority", "staple"} and "cm_error" in stats["staple"]
-    assert dice[0] > 0.88 and 0.4 < dice[1] < 0.62, dice
+    assert dice[0] > 0.97 and 0.4 < dice[1] < 0.62, dice  # the clean end (sub-pixel radii) and the noisy end
 
 
 def test_prepare_suite_writes_the_oracle_datalist(tmp_path):
