@@ -224,6 +224,7 @@ def test_leaderboard_means_best_na_and_failures():
             Arm("broken", "cmnet")]
     runs = [_record("default", "oracle", 0, 0.95), _record("default", "majority", 0, 0.80, train_s=100.0),
             _record("default", "majority", 1, 0.70, train_s=120.0), _record("default", "cmnet_pixel", 0, 0.90, train_s=330.0),
+            _record("default", "oracle", 1, 0.93, train_s=5.0, resumed=True),
             _record("default", "broken", 0, None, status="failed", log="/x/train.log", error="exit code 1")]
     store = {"runs": {RunSpec(r["suite"], r["arm"], r["seed"], 5).key: r for r in runs},
              "costs": {"majority|2": {"status": "done", "step_ms_median": 10.0, "peak_over_idle_mib": 50.0, "parameters": 7},
@@ -232,6 +233,8 @@ def test_leaderboard_means_best_na_and_failures():
     stats = {"default": {"majority": {"label_dice": 0.93}}}
     rows = {r.arm.name: r for r in leaderboard_rows([SYNTHETIC_SUITES["default"]], arms, [0, 1], 5, store, stats)["default"]}
     assert rows["majority"].mean("dice") == pytest.approx(0.75) and rows["majority"].status == "done"
+    # a resumed run's Dice counts; its wall time (of the last part only) does not
+    assert rows["oracle"].values["dice"] == [0.95, 0.93] and "train_s" not in rows["oracle"].values
     assert rows["cmnet_pixel"].status == "partial" and rows["tax"].status == "n/a" and rows["broken"].status == "failed"
     assert rows["cmnet_pixel"].cost["step_ratio"] == 3.0 and rows["cmnet_pixel"].cost["memory_ratio"] == 2.0
     assert rows["cmnet_pixel"].cost["train_ratio"] == pytest.approx(3.0)

@@ -84,6 +84,8 @@ def leaderboard_rows(
                     continue
                 row.seeds.append(seed)
                 for key, value in record.items():
+                    if key == "train_s" and record.get("resumed"):
+                        continue  # the wall time of a resumed training is that of its last part only
                     if key in METRICS or key == "train_s":
                         if _finite(value):
                             row.values.setdefault(key, []).append(float(value))
@@ -259,7 +261,8 @@ def write_reports(
     sections = [f"# Leaderboard\n\n`{command}` · {date} · {machine} · {epochs} epochs · seeds {seeds}\n",
                 "Test split; mean ± std over the seeds that finished (their number in `seeds`); **bold**: best arm per "
                 "column (the oracle, trained on the truth, is the ceiling and is not ranked). ↑ higher is better, ↓ "
-                "lower. `label Dice`: the fused training labels vs truth. Cost: training wall time, train-step time and "
+                "lower. `label Dice`: the fused training labels vs truth. Cost: training wall time (of runs not resumed), "
+                "train-step time and "
                 "peak memory of a step, with ratios to the U-Net (`majority`) of the same run. The CM error of `staple` "
                 "is STAPLE's own estimate of the raters' matrices.\n"]
     for suite, rows in tables.items():
