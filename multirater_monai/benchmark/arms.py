@@ -56,8 +56,12 @@ class Arm:
         return self.role == "oracle"
 
     def fits(self, suite_settings: tuple[str, ...] | set[str]) -> bool:
-        """Whether the arm runs on a suite offering ``suite_settings``."""
+        """Whether the arm's setting is one the suite offers (``suite_settings``)."""
         return bool(set(self.settings) & set(suite_settings))
+
+    def runs_on(self, suite_settings: tuple[str, ...] | set[str], has_truth: bool) -> bool:
+        """Whether the arm runs on a suite: its setting fits, and an oracle needs the truth."""
+        return self.fits(suite_settings) and (has_truth or not self.oracle)
 
 
 def _arm_from_entry(name: str, bundle: str, entry: object, source: Path) -> Arm:

@@ -162,12 +162,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
     for suite in suites:
         datas[suite.name] = prepare_suite(suite, out)
         label_stats[suite.name] = label_statistics(datas[suite.name])
-    has_truth = {s.name: datas[s.name].oracle_datalist is not None for s in suites}
     todo, skipped = [], 0
     for seed in seeds:  # seeds outermost: a deadline leaves whole tables of the first seeds
         for suite in suites:
             for arm in arms:
-                if not arm.fits(suite.settings) or (arm.oracle and not has_truth[suite.name]):
+                if not arm.runs_on(suite.settings, datas[suite.name].oracle_datalist is not None):
                     continue
                 spec = RunSpec(suite.name, arm.name, seed, epochs)
                 if store.done(spec) and not args.rerun:
