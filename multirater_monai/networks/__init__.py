@@ -15,14 +15,21 @@ from multirater_monai.networks.confusion_heads import (
     PixelConfusionHead,
     RaterConvHeads,
 )
+from multirater_monai.networks.attention import CrossAttentionStage, SelfAttentionBlock
 from multirater_monai.networks.feature_unet import FeatureUNet
+from multirater_monai.networks.mrprism import DivP, MrPrism, MrPrismOutput
 
 __all__ = [
     "CM_TYPES",
     "CMNet",
     "CMNetAnnotator",
     "CMNetOutput",
+    "CrossAttentionStage",
+    "DivP",
     "FeatureUNet",
+    "MrPrism",
+    "MrPrismOutput",
+    "SelfAttentionBlock",
     "GlobalConfusionMatrices",
     "LowRankConfusionHead",
     "PixelConfusionHead",
