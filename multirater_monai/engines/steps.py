@@ -235,7 +235,8 @@ class RecurrentStep(TrainStep):
 
     Pass ``i`` calls ``network.<method>(*inputs, state)`` which returns a dict of outputs, among them
     ``state_key``: what the next pass receives, detached (so the gradients of pass ``i`` do not reach pass
-    ``i - 1``, as MrPrism's recurrences). The first pass receives ``init_state(batch)`` (None by default).
+    ``i - 1``) and the whole network runs again at every pass (MrPrism, whose encoder runs once per image,
+    computes its passes inside ``forward_all`` instead). The first pass receives ``init_state(batch)`` (None by default).
     The loss is called per pass as ``loss_function(outputs, batch)`` with ``outputs["recurrence"] = i``.
     With ``backward_each`` (default) each pass's loss is back-propagated at once, which frees its graph
     (the passes share no graph); otherwise the losses are summed and back-propagated together. The

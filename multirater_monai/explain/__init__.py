@@ -1,4 +1,4 @@
-"""Explanation outputs: confusion-matrix maps, reliability maps, per-rater files and figures."""
+"""Explanation outputs: confusion-matrix maps, reliability and agreement maps, per-rater files and figures."""
 
 from .confusion_maps import (
     ReliabilityMapd,
@@ -7,5 +7,15 @@ from .confusion_maps import (
     plot_confusion_matrices,
     reliability_map,
 )
+from .recurrence import RaterAgreementd, SaveRecurrenceFigured, plot_recurrence
 
-__all__ = ["ReliabilityMapd", "SaveConfusionFigured", "SaveRaterMapsd", "plot_confusion_matrices", "reliability_map"]
+__all__ = [
+    "RaterAgreementd",
+    "ReliabilityMapd",
+    "SaveConfusionFigured",
+    "SaveRaterMapsd",
+    "SaveRecurrenceFigured",
+    "plot_confusion_matrices",
+    "plot_recurrence",
+    "reliability_map",
+]

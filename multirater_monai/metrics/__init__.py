@@ -32,6 +32,7 @@ from multirater_monai.metrics.handlers import (
 )
 from multirater_monai.metrics.iou import MeanIoUMetric, compute_miou
 from multirater_monai.metrics.rater_dice import RaterDiceMetric, compute_rater_dice
+from multirater_monai.metrics.recurrence import recurrence_metrics
 from multirater_monai.metrics.reduction import ReducedCumulativeMetric
 
 __all__ = [
@@ -59,4 +60,5 @@ __all__ = [
     "labels_to_foreground_masks",
     "pairwise_iou_distance",
     "pixelwise_to_image_cm",
+    "recurrence_metrics",
 ]

@@ -28,3 +28,4 @@ from .fusion import FuseRatersd
 from .rater_labels import AnnotatorIndexd, LoadRaterLabelsd, RaterMaskd, rater_mask_of
 from .class_labels import ClassLabelsd, class_labels_from_raters
 from .confusion import ImageConfusionMatrixd, SplitOutputsd, ToConfusionMatrixd
+from .recurrence import RecurrenceOutputsd
