@@ -193,3 +193,17 @@ def test_separable_ssim_equals_monai_ssim_loss(dims):
     ours, theirs = SeparableSSIMLoss(dims, win_size=7)(x, y), SSIMLoss(dims, data_range=1.0, win_size=7)(x, y)
     assert torch.allclose(ours, theirs, atol=1e-6)
     assert torch.allclose(torch.autograd.grad(ours, x)[0], torch.autograd.grad(theirs, x)[0], atol=1e-7)
+
+
+def test_pixels_no_rater_labelled_pull_nothing():
+    """Padding (-1 for every rater) is not a class: far from labelled pixels the loss gives no gradient."""
+    torch.manual_seed(0)
+    b, t, r, s = 1, 2, 3, 24
+    seg = torch.randn(b, t, 2, s, s, requires_grad=True)
+    raters = torch.randn(b, t, r, 2, s, s, requires_grad=True)
+    outputs = {"recurrence_logits": seg, "rater_logits": raters, "initial_confidence": torch.full((b, r, 2, s, s), -0.7)}
+    labels = (torch.rand(b, r, s, s) > 0.5).long()
+    labels[..., 12:] = -1  # the right half is padding
+    MrPrismLoss(2, 2, ssim_window=3)(outputs, {"label": labels}).backward()
+    assert seg.grad[..., :10].abs().sum() > 0 and raters.grad[..., :10].abs().sum() > 0
+    assert seg.grad[..., 16:].abs().max() < 1e-6 and raters.grad[..., 16:].abs().max() < 1e-6

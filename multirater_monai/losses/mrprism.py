@@ -125,6 +125,12 @@ class MrPrismLoss(torch.nn.Module):
         fuse = confidence_fusion((zt * zz).sum(2), zz, vv).unflatten(0, (b, t))  # y^fuse_i, (B, T, L, *S)
         q0 = (outputs["initial_confidence"].exp() * z).sum(2)
         previous = torch.cat([confidence_fusion(q0, z, valid).unsqueeze(1), fuse[:, :-1]], dim=1).detach()
+        # where no rater labelled a pixel (padding, ignore regions) there is nothing to fuse: the targets there are
+        # ConP's own mask, so that those pixels pull neither ConP nor DivP
+        unlabelled = ~valid.any(1)[:, None, None]  # (B, 1, 1, *S)
+        if bool(unlabelled.any()):
+            fuse = torch.where(unlabelled, p.detach(), fuse)
+            previous = torch.where(unlabelled, p.detach(), previous)
         conp = self.ssim(p.flatten(0, 1), previous.flatten(0, 1))  # ConP follows the last fusion
         divp = self.ssim(fuse.flatten(0, 1), p.detach().flatten(0, 1))  # DivP's fusion follows ConP
         total = t * (conp + divp)  # eq. 13 sums the passes
