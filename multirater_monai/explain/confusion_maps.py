@@ -13,7 +13,32 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, SaveImage
 
-__all__ = ["ReliabilityMapd", "SaveRaterMapsd", "SaveConfusionFigured", "plot_confusion_matrices", "reliability_map"]
+__all__ = [
+    "ReliabilityMapd",
+    "SaveConfusionFigured",
+    "SaveRaterMapsd",
+    "class_indices",
+    "plot_confusion_matrices",
+    "reliability_map",
+    "values_at_class",
+]
+
+
+def class_indices(label: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """(*S) class indices from (*S) or (1, *S) indices, or from (L, *S) probabilities / logits (arg-max)."""
+    label = torch.as_tensor(label)
+    if label.ndim == spatial_dims + 1:
+        label = label.argmax(0) if label.shape[0] > 1 else label[0]
+    return label.long()
+
+
+def values_at_class(values: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """(R, L, *S) per-rater, per-class values read at each voxel's class: (R, *S).
+
+    ``label``: (*S) / (1, *S) class indices or (L, *S) probabilities (see :func:`class_indices`).
+    """
+    index = class_indices(label, values.ndim - 2)
+    return torch.gather(values, 1, index[None, None].expand(values.shape[0], 1, *index.shape))[:, 0]
 
 
 def reliability_map(cm: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -21,18 +46,12 @@ def reliability_map(cm: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
     Args:
         cm: (R, L, L, *S) pixel-wise confusion matrices, columns are distributions over the rater's label.
-        label: (*S) or (1, *S) class indices (e.g. the consensus segmentation).
+        label: (*S) or (1, *S) class indices (e.g. the consensus segmentation), or (L, *S) probabilities.
 
     Returns:
         (R, *S): ``cm[r, label, label]`` at every voxel, the diagonal entry of the voxel's class.
     """
-    label = torch.as_tensor(label).long()
-    if label.ndim == cm.ndim - 3 + 1:
-        label = label[0]
-    r = cm.shape[0]
-    diagonal = torch.diagonal(cm, dim1=1, dim2=2)  # (R, *S, L)
-    index = label[None, ..., None].expand(r, *label.shape, 1)
-    return torch.gather(diagonal, -1, index)[..., 0]
+    return values_at_class(torch.diagonal(cm, dim1=1, dim2=2).movedim(-1, 1), label)
 
 
 class ReliabilityMapd(MapTransform):
@@ -54,12 +73,7 @@ class ReliabilityMapd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            cm = torch.as_tensor(d[key])
-            label = torch.as_tensor(d[self.label_key])
-            spatial = cm.ndim - 3
-            if label.ndim == spatial + 1 and label.shape[0] > 1:
-                label = label.argmax(0)
-            out = reliability_map(cm, label)
+            out = reliability_map(torch.as_tensor(d[key]), d[self.label_key])
             d[self.output_key] = MetaTensor(out, meta=dict(d[key].meta)) if isinstance(d[key], MetaTensor) else out
         return d
 

@@ -13,7 +13,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from multirater_monai.explain.confusion_maps import _case_name
+from multirater_monai.explain.confusion_maps import _case_name, values_at_class
 
 __all__ = ["RaterAgreementd", "SaveRecurrenceFigured", "plot_recurrence"]
 
@@ -39,13 +39,7 @@ class RaterAgreementd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            probs = torch.as_tensor(d[key])
-            label = torch.as_tensor(d[self.label_key])
-            spatial = probs.ndim - 2
-            if label.ndim == spatial + 1:
-                label = label.argmax(0) if label.shape[0] > 1 else label[0]
-            index = label.long()[None, None].expand(probs.shape[0], 1, *label.shape)
-            out = torch.gather(probs, 1, index)[:, 0]
+            out = values_at_class(torch.as_tensor(d[key]), d[self.label_key])
             d[self.output_key] = MetaTensor(out, meta=dict(d[key].meta)) if isinstance(d[key], MetaTensor) else out
         return d
 
