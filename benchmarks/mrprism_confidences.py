@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
@@ -35,13 +36,10 @@ def main() -> None:
     args = p.parse_args()
     parser = ConfigParser()
     parser.read_config(f"{args.bundle}/configs/inference.json")
-    parser["spatial_size"] = None
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(args.model, map_location="cpu", weights_only=True))
     net.eval()
     items = load_multirater_datalist(args.datalist, "test", num_raters=net.num_raters, num_classes=net.num_classes)
-    import nibabel as nib
-
     load = LoadRaterLabelsd("label", num_classes=net.num_classes)
     weights, rater_dice, seg_dice = [], [], []
     for item in items:
@@ -52,7 +50,6 @@ def main() -> None:
         with torch.no_grad():
             out = net.forward_all(image, recurrences=args.passes)
         z, valid = rater_one_hot(labels, net.num_classes)
-        previous = torch.softmax(out["initial_confidence"], 2)  # equal confidence: any normalisation
         fg = truth | (labels[0] > 0).any(0)
         w_rows, d_rows, s_rows = [], [], []
         for i in range(args.passes):
@@ -63,7 +60,6 @@ def main() -> None:
             raters_pred = torch.softmax(out["rater_logits"][:, i], 2).argmax(2)[0] > 0
             d_rows.append([_dice(raters_pred[r], labels[0, r] > 0) for r in range(labels.shape[1])])
             s_rows.append(_dice(out["recurrence_logits"][0, i].argmax(0) > 0, truth))
-        del previous
         weights.append(w_rows)
         rater_dice.append(d_rows)
         seg_dice.append(s_rows)

@@ -70,10 +70,15 @@ class ReliabilityMapd(MapTransform):
         self.label_key = label_key
         self.output_key = output_key
 
+    @staticmethod
+    def per_rater_map(values: torch.Tensor, label: Any) -> torch.Tensor:
+        """(R, *S) map of ``values`` (the ``keys`` entry) at ``label``'s classes; subclasses read other entries."""
+        return reliability_map(values, label)
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            out = reliability_map(torch.as_tensor(d[key]), d[self.label_key])
+            out = self.per_rater_map(torch.as_tensor(d[key]), d[self.label_key])
             d[self.output_key] = MetaTensor(out, meta=dict(d[key].meta)) if isinstance(d[key], MetaTensor) else out
         return d
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +13,17 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from multirater_monai.explain.confusion_maps import _case_name, values_at_class
+from multirater_monai.explain.confusion_maps import ReliabilityMapd, _case_name, values_at_class
 
 __all__ = ["RaterAgreementd", "SaveRecurrenceFigured", "plot_recurrence"]
 
 
-class RaterAgreementd(MapTransform):
+class RaterAgreementd(ReliabilityMapd):
     """Each rater's predicted probability of the consensus class at every voxel: where a rater is expected to agree.
 
     From (R, L, *S) per-rater probabilities and the consensus label, store (R, *S) ``probs[r, label]``,
-    MrPrism's confidence ``exp(w)`` read at the calibrated segmentation's class.
+    MrPrism's confidence ``exp(w)`` read at the calibrated segmentation's class (as CM-Net's reliability map
+    reads each matrix's diagonal there).
 
     Args:
         keys: the (R, L, *S) rater probabilities key.
@@ -32,16 +33,11 @@ class RaterAgreementd(MapTransform):
 
     def __init__(self, keys: KeysCollection = "rater_probs", label_key: str = "pred", output_key: str = "agreement",
                  allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.label_key = label_key
-        self.output_key = output_key
+        super().__init__(keys, label_key, output_key, allow_missing_keys)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            out = values_at_class(torch.as_tensor(d[key]), d[self.label_key])
-            d[self.output_key] = MetaTensor(out, meta=dict(d[key].meta)) if isinstance(d[key], MetaTensor) else out
-        return d
+    @staticmethod
+    def per_rater_map(values: torch.Tensor, label: Any) -> torch.Tensor:
+        return values_at_class(values, label)
 
 
 def _middle_slice(x: np.ndarray, spatial_dims: int) -> np.ndarray:

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
+from monai.utils import convert_to_tensor
 
 from multirater_monai.constants import LABEL
 from multirater_monai.losses.ssim import SeparableSSIMLoss
@@ -41,13 +42,9 @@ from multirater_monai.losses.ssim import SeparableSSIMLoss
 __all__ = ["MrPrismLoss", "confidence_fusion", "rater_one_hot"]
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
-
-
 def rater_one_hot(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, R, *S) labels with -1 for missing -> one-hot (B, R, L, *S) float (zero where missing), valid (B, R, *S)."""
-    labels = _plain(labels).long()
+    labels = convert_to_tensor(labels, track_meta=False).long()
     valid = labels >= 0
     one_hot = F.one_hot(labels.clamp(min=0), num_classes).movedim(-1, 2).to(torch.float32)
     return one_hot * valid.unsqueeze(2), valid
@@ -140,7 +137,7 @@ class MrPrismLoss(torch.nn.Module):
             total = total + t * self.shuffle_weight * shuffle
             terms["shuffle"] = shuffle
         if self.multi_head_weight > 0:
-            labels = _plain(batch[self.label_key]).long()
+            labels = convert_to_tensor(batch[self.label_key], track_meta=False).long()
             labels = labels.unsqueeze(1).expand(-1, t, *labels.shape[1:])
             mh = F.cross_entropy(rater_logits.flatten(0, 2), labels.flatten(0, 2), ignore_index=-1)
             total = total + t * self.multi_head_weight * mh

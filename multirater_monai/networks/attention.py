@@ -78,8 +78,7 @@ class PatchTokens(torch.nn.Module):
         self.unembed = Conv[Conv.CONVTRANS, spatial_dims](hidden_size, in_channels, self.patch_size, self.patch_size)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, *S) -> (B, N, D)."""
-        patch_grid([int(s) for s in x.shape[2:]], self.patch_size)
+        """(B, C, *S) -> (B, N, D); ``S`` divisible by the patch size (see :func:`patch_grid`)."""
         return self.embed(x).flatten(2).transpose(1, 2)
 
     def features(self, tokens: torch.Tensor, grid: list[int]) -> torch.Tensor:

@@ -301,9 +301,7 @@ class MrPrism(torch.nn.Module):
         size = [int(s) for s in spatial_size]
         if len(size) != self.spatial_dims:
             raise UserError(f"MrPrism: patch size {size} is not {self.spatial_dims}D.")
-        multiple = 1
-        for m in self.required_multiples:
-            multiple = multiple * m // _gcd(multiple, m)
+        multiple = math.lcm(*self.required_multiples)
         if any(s % multiple for s in size):
             raise UserError(
                 f"MrPrism: patch size {size} must be divisible by {multiple} along every axis (the strides times "
@@ -364,9 +362,3 @@ class MrPrism(torch.nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, *S) -> (B, L, *S): the calibrated logits of the last recurrence."""
         return self.forward_all(image)["logits"]
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
