@@ -297,3 +297,17 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     started = [line for line in second.stdout.splitlines() if "] start " in line]
     assert len(started) == 1 and "no_such_fusion" in started[0], second.stdout[-3000:]  # finished runs are kept
     assert "2 already finished" in second.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is a Linux call")
+def test_jobs_and_threads_follow_the_cpu_set_not_the_machine():
+    """Under `taskset -c 0` a 2-core machine gives the benchmark one core: one job of one thread, not two."""
+    from multirater_monai.benchmark.command import _usable_cores
+
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert _usable_cores() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert _usable_cores() == len(allowed)

@@ -57,7 +57,7 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default 0; --full 0 1 2)")
     p.add_argument("--epochs", type=int, help=f"epochs of every run (default {DEFAULT_EPOCHS}; --full {FULL_EPOCHS})")
     p.add_argument("--num-train", type=int, help="training images of the synthetic suites (suite named <suite>-n<N>)")
-    p.add_argument("--jobs", type=int, default=None, help="trainings at a time (default: the CPU cores, at most 4; each gets cores / jobs threads)")
+    p.add_argument("--jobs", type=int, default=None, help="trainings at a time (default: the usable CPU cores, at most 4, a taskset narrowing them; each gets cores / jobs threads)")
     p.add_argument("--rerun", action="store_true", help="train again the runs already finished")
     p.add_argument("--report-only", action="store_true", help="write the leaderboard from results.json, train nothing")
     p.add_argument("--no-cost", action="store_true", help="skip the train-step time / memory measurement")
@@ -121,6 +121,13 @@ def _list(root: Path) -> int:
     return 0
 
 
+def _usable_cores() -> int:
+    """The CPU cores this process may run on: a ``taskset`` or a container's CPU set narrows ``os.cpu_count()``."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -144,13 +151,14 @@ def run_benchmark(args: argparse.Namespace) -> int:
     arms = resolve_arms(root, args.arms, protocol)
     seeds = args.seeds if args.seeds else ([0, 1, 2] if args.full else [0])
     epochs = args.epochs if args.epochs is not None else (FULL_EPOCHS if args.full else DEFAULT_EPOCHS)
-    jobs = args.jobs if args.jobs else min(os.cpu_count() or 1, 4)
+    cores = _usable_cores()
+    jobs = args.jobs if args.jobs else min(cores, 4)
     if epochs < 1 or jobs < 1:
         raise UserError("--epochs and --jobs must be at least 1.")
     out = (args.out if args.out is not None else root / "benchmarks" / "results" / "leaderboard").resolve()
     store = ResultStore(out / "results.json")
     tracking_uri = sqlite_tracking_uri(str(out))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, cores // jobs)
     say_lock = threading.Lock()
 
     def say(text: str) -> None:
@@ -191,7 +199,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
                     store.put_cost(key, store.data["costs"][same])
                     continue
                 say(f"cost of {arm.name} ({dims}D): {args.cost_steps} train steps ...")
-                record = measure_cost(arm, dims, out, root, args.cost_steps, 2, os.cpu_count() or 1)
+                record = measure_cost(arm, dims, out, root, args.cost_steps, 2, cores)
                 store.put_cost(key, record)
                 if record["status"] != "done":
                     say(f"cost of {arm.name} ({dims}D) FAILED, see {record['log']}")
@@ -238,7 +246,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     tables = leaderboard_rows(suites, arms, seeds, epochs, store.data, label_stats)
     # the command that selects these runs (a --report-only call reports what the same command trained)
     command = "multirater " + shlex.join(a for a in args.argv if a != "--report-only")
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores" + _gpu_text()
+    machine = f"{platform.machine()}, {cores} CPU cores" + _gpu_text()
     files = write_reports(out, tables, suites, seeds, epochs, label_stats, command, time.strftime("%Y-%m-%d"),
                           machine, tracking_uri)
     print(files["markdown"].read_text())
