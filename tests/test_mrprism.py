@@ -9,7 +9,14 @@ import torch
 
 from multirater_monai.errors import UserError
 from multirater_monai.explain import RaterAgreementd, SaveRecurrenceFigured
-from multirater_monai.losses import MrPrismLoss, SeparableSSIMLoss, confidence_fusion, rater_one_hot
+from multirater_monai.losses import (
+    MrPrismLoss,
+    SeparableSSIMLoss,
+    confidence_fusion,
+    label_fusion,
+    one_hot_argmax,
+    rater_one_hot,
+)
 from multirater_monai.networks import MrPrism
 from multirater_monai.transforms import RecurrenceOutputsd
 
@@ -107,9 +114,9 @@ def test_shuffle_loss_is_lowest_when_each_head_predicts_its_rater():
     loss = MrPrismLoss(2, 2, ssim_window=5)
     exact = z * 0.98 + 0.01
     wrong = (1 - z) * 0.98 + 0.01
-    assert loss.shuffle_loss(exact, z, valid) < 0.8 * loss.shuffle_loss(wrong, z, valid)
+    assert loss.shuffle_loss(exact, labels, valid) < 0.8 * loss.shuffle_loss(wrong, labels, valid)
     zt = torch.softmax(torch.randn(2, 4, 2, 12, 12), 2).requires_grad_(True)
-    loss.shuffle_loss(zt, z, valid).backward()
+    loss.shuffle_loss(zt, labels, valid).backward()
     assert zt.grad is not None and zt.grad.abs().sum() > 0  # the threshold passes gradients straight through
 
 
@@ -188,8 +195,9 @@ def test_separable_ssim_equals_monai_ssim_loss(dims):
     from monai.losses import SSIMLoss
 
     torch.manual_seed(0)
-    x = torch.rand(3, 2, *([13] * dims), requires_grad=True)
-    y = torch.rand(3, 2, *([13] * dims))
+    size = [13, 15, 17][:dims]  # unequal axes: a pass along the wrong axis changes the value
+    x = torch.rand(3, 2, *size, requires_grad=True)
+    y = torch.rand(3, 2, *size)
     ours, theirs = SeparableSSIMLoss(dims, win_size=7)(x, y), SSIMLoss(dims, data_range=1.0, win_size=7)(x, y)
     assert torch.allclose(ours, theirs, atol=1e-6)
     assert torch.allclose(torch.autograd.grad(ours, x)[0], torch.autograd.grad(theirs, x)[0], atol=1e-7)
@@ -207,3 +215,27 @@ def test_pixels_no_rater_labelled_pull_nothing():
     MrPrismLoss(2, 2, ssim_window=3)(outputs, {"label": labels}).backward()
     assert seg.grad[..., :10].abs().sum() > 0 and raters.grad[..., :10].abs().sum() > 0
     assert seg.grad[..., 16:].abs().max() < 1e-6 and raters.grad[..., 16:].abs().max() < 1e-6
+
+
+def test_one_hot_argmax_matches_argmax_and_keeps_the_first_of_ties():
+    x = torch.randn(3, 4, 5, 6)
+    expected = torch.nn.functional.one_hot(x.argmax(1), 4).movedim(-1, 1).to(x.dtype)
+    assert torch.equal(one_hot_argmax(x, 1), expected)
+    ties = torch.tensor([[2.0, 2.0, 0.0], [0.0, 1.0, 1.0]])
+    assert torch.equal(one_hot_argmax(ties, 1), torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+
+
+def test_label_fusion_is_the_confidence_fusion_of_one_hot_labels():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 4, 3, 6, 5, requires_grad=True), 2)
+    labels = torch.randint(0, 3, (2, 4, 6, 5))
+    labels[0, 1] = -1
+    labels[1, :, 0, 0] = -1  # no rater: zero
+    z, valid = rater_one_hot(labels, 3)
+    expected = confidence_fusion((probs * z).sum(2), z, valid)
+    fused = label_fusion(probs, labels, valid)
+    assert torch.allclose(fused, expected, atol=1e-6)
+    assert torch.equal(fused[1, :, 0, 0], torch.zeros(3))
+    g1 = torch.autograd.grad(fused.square().sum(), probs, retain_graph=True)[0]
+    g2 = torch.autograd.grad(expected.square().sum(), probs)[0]
+    assert torch.allclose(g1, g2, atol=1e-6)

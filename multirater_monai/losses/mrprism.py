@@ -39,7 +39,7 @@ from monai.utils import convert_to_tensor
 from multirater_monai.constants import LABEL
 from multirater_monai.losses.ssim import SeparableSSIMLoss
 
-__all__ = ["MrPrismLoss", "confidence_fusion", "rater_one_hot"]
+__all__ = ["MrPrismLoss", "confidence_fusion", "label_fusion", "one_hot_argmax", "rater_one_hot"]
 
 
 def rater_one_hot(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +48,37 @@ def rater_one_hot(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor,
     valid = labels >= 0
     one_hot = F.one_hot(labels.clamp(min=0), num_classes).movedim(-1, 2).to(torch.float32)
     return one_hot * valid.unsqueeze(2), valid
+
+
+def label_fusion(probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """:func:`confidence_fusion` of hard labels, each weighted by the probability its rater's map gives it.
+
+    Equal to ``confidence_fusion((probs * z).sum(2), z, valid)`` with ``z`` the one-hot labels, by a gather
+    and a scatter instead of products over the class axis (the fusion of real labels runs ``1 + shuffles``
+    times per step).
+
+    Args:
+        probs: (B, R, L, *S) per-rater probabilities (or confidences ``exp w``).
+        labels: (B, R, *S) integer labels, -1 where missing.
+        valid: (B, R, *S) bool, ``labels >= 0``.
+
+    Returns:
+        (B, L, *S), zero where no rater is valid.
+    """
+    index = labels.clamp_min(0)
+    q = probs.gather(2, index.unsqueeze(2)).squeeze(2) * valid.to(probs.dtype)
+    fused = q.new_zeros(probs.shape[0], probs.shape[2], *probs.shape[3:]).scatter_add(1, index, q)
+    return fused / q.sum(1, keepdim=True).clamp_min(eps)
+
+
+def one_hot_argmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """One-hot of the arg-max along ``dim`` (the first maximum where several tie), shaped and typed like ``x``.
+
+    Compares with the maximum rather than calling ``argmax`` + ``one_hot``: on CPU ``argmax`` over a short
+    class axis of a large tensor took half of MrPrism's loss.
+    """
+    top = x == x.amax(dim, keepdim=True)
+    return (top & (top.cumsum(dim) == 1)).to(x.dtype)
 
 
 def confidence_fusion(weights: torch.Tensor, votes: torch.Tensor, valid: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -110,18 +141,18 @@ class MrPrismLoss(torch.nn.Module):
         seg_logits = outputs["recurrence_logits"]  # (B, T, L, *S)
         rater_logits = outputs["rater_logits"]  # (B, T, R, L, *S)
         b, t = seg_logits.shape[:2]
-        z, valid = rater_one_hot(batch[self.label_key], self.num_classes)
-        z = z.to(seg_logits.dtype)
-        if min(z.shape[3:]) < self.ssim_window:
-            raise ValueError(f"MrPrism's SSIM window {self.ssim_window} exceeds the patch {tuple(z.shape[3:])}.")
+        labels = convert_to_tensor(batch[self.label_key], track_meta=False).long()
+        if min(labels.shape[2:]) < self.ssim_window:
+            raise ValueError(f"MrPrism's SSIM window {self.ssim_window} exceeds the patch {tuple(labels.shape[2:])}.")
+        valid = labels >= 0
         # every pass at once: passes join the batch axis, the labels repeat for each pass
-        zz = z.unsqueeze(1).expand(-1, t, *z.shape[1:]).flatten(0, 1)  # (B·T, R, L, *S)
-        vv = valid.unsqueeze(1).expand(-1, t, *valid.shape[1:]).flatten(0, 1)
+        lt = labels.unsqueeze(1).expand(-1, t, *labels.shape[1:]).flatten(0, 1)  # (B·T, R, *S)
+        vt = valid.unsqueeze(1).expand(-1, t, *valid.shape[1:]).flatten(0, 1)
         p = torch.softmax(seg_logits, dim=2)
         zt = torch.softmax(rater_logits, dim=3).flatten(0, 1)
-        fuse = confidence_fusion((zt * zz).sum(2), zz, vv).unflatten(0, (b, t))  # y^fuse_i, (B, T, L, *S)
-        q0 = (outputs["initial_confidence"].exp() * z).sum(2)
-        previous = torch.cat([confidence_fusion(q0, z, valid).unsqueeze(1), fuse[:, :-1]], dim=1).detach()
+        fuse = label_fusion(zt, lt, vt).unflatten(0, (b, t))  # y^fuse_i, (B, T, L, *S)
+        first = label_fusion(outputs["initial_confidence"].exp(), labels, valid)  # y^fuse_{-1}, from w_0
+        previous = torch.cat([first.unsqueeze(1), fuse[:, :-1]], dim=1).detach()
         # where no rater labelled a pixel (padding, ignore regions) there is nothing to fuse: the targets there are
         # ConP's own mask, so that those pixels pull neither ConP nor DivP
         unlabelled = ~valid.any(1)[:, None, None]  # (B, 1, 1, *S)
@@ -133,32 +164,31 @@ class MrPrismLoss(torch.nn.Module):
         total = t * (conp + divp)  # eq. 13 sums the passes
         terms = {"ssim_conp": conp, "ssim_divp": divp}
         if self.shuffle_weight > 0 and self.shuffles > 0:
-            shuffle = self.shuffle_loss(zt, zz, vv)
+            shuffle = self.shuffle_loss(zt, lt, vt)
             total = total + t * self.shuffle_weight * shuffle
             terms["shuffle"] = shuffle
         if self.multi_head_weight > 0:
-            labels = convert_to_tensor(batch[self.label_key], track_meta=False).long()
-            labels = labels.unsqueeze(1).expand(-1, t, *labels.shape[1:])
-            mh = F.cross_entropy(rater_logits.flatten(0, 2), labels.flatten(0, 2), ignore_index=-1)
+            mh = F.cross_entropy(rater_logits.flatten(0, 2), lt.flatten(0, 1), ignore_index=-1)
             total = total + t * self.multi_head_weight * mh
             terms["multi_head"] = mh
         self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
         return total
 
-    def shuffle_loss(self, zt: torch.Tensor, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def shuffle_loss(self, zt: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Eq. 10-12 averaged over ``shuffles`` permutations: CE(y^self↔, y^fuse↔) on pixels some rater labelled.
 
-        Shapes: zt (B, R, L, *S) DivP probabilities, z (B, R, L, *S) one-hot labels, valid (B, R, *S).
+        Shapes: zt (B, R, L, *S) DivP probabilities, labels (B, R, *S) (-1 where missing), valid (B, R, *S).
         """
-        hard = F.one_hot(zt.movedim(2, -1).argmax(-1), zt.shape[2]).movedim(-1, 2).to(zt.dtype)
-        thresholded = hard + zt - zt.detach()  # T(z̃): arg-max forward, straight-through backward
-        labelled = valid.any(1)
+        thresholded = one_hot_argmax(zt.detach(), dim=2) + zt - zt.detach()  # T(z̃): arg-max, straight-through
+        labelled = valid.any(1).to(zt.dtype)
+        count = labelled.sum().clamp_min(1.0)
         losses = []
         for _ in range(self.shuffles):
             perm = torch.randperm(zt.shape[1], device=zt.device)
             shuffled = zt[:, perm]
-            y_fuse = confidence_fusion((shuffled * z).sum(2), z, valid).detach()
+            with torch.no_grad():  # the target
+                y_fuse = label_fusion(shuffled, labels, valid)
             y_self = confidence_fusion((shuffled * thresholded).sum(2), thresholded, valid)
             ce = -(y_fuse * torch.log(y_self.clamp_min(1e-6))).sum(1)
-            losses.append(ce[labelled].mean() if bool(labelled.any()) else ce.sum() * 0.0)
+            losses.append((ce * labelled).sum() / count)  # mean over labelled pixels (0 when none is)
         return torch.stack(losses).mean()
