@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--datalist", required=True)
     p.add_argument("--bundle", default="bundles/mrprism")
     p.add_argument("--passes", type=int, default=4)
+    p.add_argument("--figure", default=None, help="also write a PNG: DivP's Dice per rater, fusion weights per pass")
     args = p.parse_args()
     parser = ConfigParser()
     parser.read_config(f"{args.bundle}/configs/inference.json")
@@ -72,6 +73,37 @@ def main() -> None:
     print("DivP's Dice against each rater, by pass")
     for i in range(args.passes):
         print(f"Rec{i}  " + "  ".join(f"{v:7.3f}" for v in d[i]))
+    if args.figure:
+        _figure(args.figure, names, w, d, s)
+
+
+def _figure(path: str, names: list[str], w: np.ndarray, d: np.ndarray, s: np.ndarray) -> None:
+    """Left: DivP's Dice against each rater at the last pass (the paper's Figure 4); right: each rater's
+    fusion weight by pass, with ConP's Dice against the truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.bar(range(len(names)), d[-1], color="tab:blue")
+    left.set_xticks(range(len(names)), names)
+    left.set_ylim(0, 1)
+    left.set_ylabel("Dice")
+    left.set_title(f"DivP's head vs its rater (Rec{len(d) - 1})")
+    passes = [f"Rec{i}" for i in range(len(w))]
+    for r, name in enumerate(names):
+        right.plot(passes, w[:, r], marker="o", label=name)
+    right.set_ylabel("fusion weight over the foreground")
+    twin = right.twinx()
+    twin.plot(passes, s, color="black", linestyle="--", marker="s", label="ConP Dice vs truth")
+    twin.set_ylabel("ConP Dice vs truth")
+    right.legend(fontsize=7, loc="upper left")
+    twin.legend(fontsize=7, loc="lower left")
+    right.set_title("the recurrence")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"figure: {path}")
 
 
 if __name__ == "__main__":

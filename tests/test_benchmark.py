@@ -48,7 +48,7 @@ def test_every_bundle_declares_its_arms():
     arms = discover_arms(ROOT)
     bundles = sorted(p.name for p in (ROOT / "bundles").iterdir() if (p / "configs" / "train.json").is_file())
     for bundle in bundles:  # each bundle contributes its default to the default protocol, or to the full one when
-        # one run costs more than the default protocol's 20-minute budget allows (MrPrism on a CPU)
+        # one run costs more than the default protocol's 20-minute budget allows
         assert any(a.bundle == bundle and a.protocol in ("default", "full") for a in arms.values()), bundle
     assert all(a.protocol == "default" for a in arms.values() if a.bundle in ("fused_unet", "cmnet") and
                a.name in ("oracle", "mean", "majority", "staple", "cmnet_pixel"))
