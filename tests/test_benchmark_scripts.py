@@ -1,0 +1,54 @@
+"""The analysis scripts under benchmarks/ whose tables go into the bundles' docs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _save(path: Path, array: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(array.astype(np.int16), np.eye(4)), str(path))
+    return path
+
+
+def test_disagreement_is_zero_when_unanimous_and_half_on_an_even_split(tmp_path):
+    disagreement = _load("disagreement_gain").image_disagreement
+    mask = np.zeros((8, 8))
+    mask[2:6, 2:6] = 1
+    same = [_save(tmp_path / f"same{i}.nii.gz", mask) for i in range(3)]
+    assert disagreement(same, 2) == 0.0
+    split = [_save(tmp_path / "a.nii.gz", mask), _save(tmp_path / "b.nii.gz", np.zeros((8, 8)))]
+    assert abs(disagreement(split, 2) - 0.5) < 1e-9
+    missing = [_save(tmp_path / "m.nii.gz", np.full((8, 8), -1)), same[0]]  # a missing rater is no vote
+    assert disagreement(missing, 2) == 0.0
+
+
+def test_metric_table_averages_the_seeds_of_one_suite_and_epoch_count(tmp_path):
+    runs = {
+        "s|a|0|5": {"suite": "s", "arm": "a", "seed": 0, "epochs": 5, "status": "done", "dice": 0.5},
+        "s|a|1|5": {"suite": "s", "arm": "a", "seed": 1, "epochs": 5, "status": "done", "dice": 0.7},
+        "s|a|2|9": {"suite": "s", "arm": "a", "seed": 2, "epochs": 9, "status": "done", "dice": 0.0},
+        "s|b|0|5": {"suite": "s", "arm": "b", "seed": 0, "epochs": 5, "status": "failed"},
+    }
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"runs": runs, "costs": {}}))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "metric_table.py"), "--results", str(results),
+                          "--suite", "s", "--epochs", "5", "--arms", "a", "b", "--metrics", "dice"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| a | 0 1 | 0.600 ± 0.141 |" in out
+    assert "| b | – | – |" in out
