@@ -283,6 +283,8 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert float(rows["cmnet_pixel"]["dice_mean"]) == pytest.approx(done["cmnet_pixel"]["dice"])
     assert float(rows["cmnet_pixel"]["step_ratio"]) > 0 and int(rows["majority"]["parameters"]) > 0
     assert (out / "cost_default-n4.png").stat().st_size > 1000 and (out / "index.md").is_file()
+    # the index names the MLflow store relative to its folder: no path of this machine in a committed leaderboard
+    assert "`mlflow ui --backend-store-uri sqlite:///mlflow.db` (from this folder" in (out / "index.md").read_text()
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")

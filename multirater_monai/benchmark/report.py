@@ -291,8 +291,11 @@ def write_reports(
     if "noise_ladder" in files:
         index.append(f"- [Dice vs annotation noise]({ladder.name})")
     index += [f"- [Accuracy vs cost: {k[5:]}]({p.name})" for k, p in files.items() if k.startswith("cost_")]
-    index.append(f"- MLflow: `mlflow ui --backend-store-uri {tracking_uri}` (experiment `benchmark/<suite>`, one run "
-                 "per arm and seed)")
+    # the store beside this index is named relative to it, so that a copied or committed folder stays right
+    local = "sqlite:///" + (out.resolve() / "mlflow.db").as_posix()
+    ui = "mlflow ui --backend-store-uri sqlite:///mlflow.db` (from this folder" if tracking_uri == local else (
+        f"mlflow ui --backend-store-uri {tracking_uri}` (")
+    index.append(f"- MLflow: `{ui}; experiment `benchmark/<suite>`, one run per arm and seed)")
     files["index"] = out / "index.md"
     files["index"].write_text("\n".join(index) + "\n")
     return files
