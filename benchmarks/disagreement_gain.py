@@ -24,13 +24,20 @@ import json
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
+from multirater_monai.data import load_multirater_datalist
+from multirater_monai.transforms import LoadRaterLabelsd
 
-def image_disagreement(label_files: list[Path], num_classes: int) -> float:
-    """Mean Gini impurity of the raters' votes over the pixels some rater marked foreground (-1: missing)."""
-    labels = np.stack([np.asarray(nib.load(str(f)).dataobj) for f in label_files]).astype(np.int64)
+
+def image_disagreement(label_files: list, num_classes: int) -> float:
+    """Mean Gini impurity of the raters' votes over the pixels some rater marked foreground.
+
+    ``label_files``: one file per rater (``None`` or -1 pixels: the rater gave no vote there), read by the
+    project's rater-label loader.
+    """
+    labels = np.asarray(LoadRaterLabelsd("label", num_classes=num_classes)({"label": label_files})["label"])
+    labels = labels.astype(np.int64)
     valid = labels >= 0
     counts = np.stack([((labels == k) & valid).sum(0) for k in range(num_classes)])  # (L, *S)
     total = valid.sum(0)
@@ -65,14 +72,10 @@ def main() -> None:
     parser.add_argument("--bins", type=int, default=3)
     args = parser.parse_args()
 
-    datalist = json.loads(args.datalist.read_text())
-    root = args.datalist.parent
-    num_classes = int(datalist.get("num_classes", 2))
-    names, disagreement = [], []
-    for item in datalist["test"]:
-        labels = item["label"] if isinstance(item["label"], list) else [item["label"]]
-        names.append(Path(item["image"]).name)
-        disagreement.append(image_disagreement([root / f for f in labels], num_classes))
+    num_classes = int(json.loads(args.datalist.read_text()).get("num_classes", 2))
+    items = load_multirater_datalist(args.datalist, "test", num_classes=num_classes)
+    names = [Path(item["image"]).name for item in items]
+    disagreement = [image_disagreement(item["label"], num_classes) for item in items]
     dis = np.asarray(disagreement)
 
     scores = {}

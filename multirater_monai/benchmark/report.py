@@ -19,6 +19,7 @@ from pathlib import Path
 from multirater_monai.benchmark.arms import Arm
 from multirater_monai.benchmark.runner import RunSpec
 from multirater_monai.benchmark.suites import Suite
+from multirater_monai.bundle_utils import sqlite_tracking_uri
 
 __all__ = ["METRICS", "Row", "leaderboard_rows", "write_reports", "log_mlflow_run"]
 
@@ -292,8 +293,8 @@ def write_reports(
         index.append(f"- [Dice vs annotation noise]({ladder.name})")
     index += [f"- [Accuracy vs cost: {k[5:]}]({p.name})" for k, p in files.items() if k.startswith("cost_")]
     # the store beside this index is named relative to it, so that a copied or committed folder stays right
-    local = "sqlite:///" + (out.resolve() / "mlflow.db").as_posix()
-    ui = "mlflow ui --backend-store-uri sqlite:///mlflow.db` (from this folder" if tracking_uri == local else (
+    local = tracking_uri == sqlite_tracking_uri(out)
+    ui = "mlflow ui --backend-store-uri sqlite:///mlflow.db` (from this folder" if local else (
         f"mlflow ui --backend-store-uri {tracking_uri}` (")
     index.append(f"- MLflow: `{ui}; experiment `benchmark/<suite>`, one run per arm and seed)")
     files["index"] = out / "index.md"
