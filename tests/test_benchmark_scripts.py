@@ -52,3 +52,16 @@ def test_metric_table_averages_the_seeds_of_one_suite_and_epoch_count(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     assert "| a | 0 1 | 0.600 ± 0.141 |" in out
     assert "| b | – | – |" in out
+
+
+def test_mrprism_step_breakdown_times_every_piece_of_the_bundle_network():
+    breakdown = _load("mrprism_step_breakdown").breakdown
+    result = breakdown(2, repeats=1, batch_size=2, patch_size=[32, 32])
+    ms = result["ms"]
+    levels = len(_load("mrprism_step_breakdown").build(2, 2, [32, 32])[0].conp)
+    expected = {"unet step", "encoder", "divp", "loss", "loss: one ssim", "loss: shuffle", "mrprism step"}
+    expected |= {f"conp {i} {piece}" for i in range(levels) for piece in ("embedding", "attention", "up")}
+    assert expected <= set(ms) and all(v > 0 for v in ms.values())
+    ups = sum(ms[f"conp {i} up"] for i in range(levels))
+    assert abs(ms["floor: encoder + T up paths"] - (ms["encoder"] + result["passes"] * ups)) < 1e-9
+    assert result["passes"] == 3 and result["patch"] == [32, 32] and result["batch"] == 2

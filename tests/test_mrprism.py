@@ -14,8 +14,8 @@ from multirater_monai.losses import (
     SeparableSSIMLoss,
     confidence_fusion,
     label_fusion,
-    one_hot_argmax,
     rater_one_hot,
+    shuffle_cross_entropy,
 )
 from multirater_monai.networks import MrPrism
 from multirater_monai.transforms import RecurrenceOutputsd
@@ -217,12 +217,44 @@ def test_pixels_no_rater_labelled_pull_nothing():
     assert seg.grad[..., 16:].abs().max() < 1e-6 and raters.grad[..., 16:].abs().max() < 1e-6
 
 
-def test_one_hot_argmax_matches_argmax_and_keeps_the_first_of_ties():
-    x = torch.randn(3, 4, 5, 6)
-    expected = torch.nn.functional.one_hot(x.argmax(1), 4).movedim(-1, 1).to(x.dtype)
-    assert torch.equal(one_hot_argmax(x, 1), expected)
-    ties = torch.tensor([[2.0, 2.0, 0.0], [0.0, 1.0, 1.0]])
-    assert torch.equal(one_hot_argmax(ties, 1), torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+def _literal_shuffle_loss(zt, labels, valid, perms):
+    """Eq. 10-12 as an autograd graph: arg-max threshold with a straight-through gradient (the reference)."""
+    hard = torch.nn.functional.one_hot(zt.detach().argmax(2), zt.shape[2]).movedim(-1, 2).to(zt.dtype)
+    thresholded = hard + zt - zt.detach()
+    labelled = valid.any(1).to(zt.dtype)
+    z, _ = rater_one_hot(labels, zt.shape[2])
+    losses = []
+    for perm in perms:
+        shuffled = zt[:, perm]
+        with torch.no_grad():
+            y_fuse = confidence_fusion((shuffled * z).sum(2), z, valid)
+        y_self = confidence_fusion((shuffled * thresholded).sum(2), thresholded, valid)
+        ce = -(y_fuse * torch.log(y_self.clamp_min(1e-6))).sum(1)
+        losses.append((ce * labelled).sum() / labelled.sum().clamp_min(1.0))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("dims,classes", [(2, 2), (3, 2), (2, 3)])
+def test_shuffle_cross_entropy_equals_the_literal_graph_value_and_gradient(dims, classes):
+    torch.manual_seed(dims + classes)
+    size = [6, 5, 4][:dims]
+    logits = torch.randn(3, 4, classes, *size)
+    logits[:, :, :, 1] = 0.0  # ties: the threshold takes the first class, as argmax does
+    logits.requires_grad_(True)
+    zt = torch.softmax(logits, 2)
+    labels = torch.randint(0, classes, (3, 4, *size))
+    labels[0, 1] = -1  # a missing rater
+    labels[1, :, 0] = -1  # pixels nobody labelled
+    labels[2, :3] = -1  # one rater left on an image
+    valid = labels >= 0
+    perms = torch.stack([torch.randperm(4) for _ in range(3)])
+    ours = shuffle_cross_entropy(zt, labels, valid, perms)
+    reference = _literal_shuffle_loss(zt, labels, valid, perms)
+    assert torch.allclose(ours, reference, atol=1e-6)
+    g_ours = torch.autograd.grad(ours, logits, retain_graph=True)[0]
+    g_ref = torch.autograd.grad(reference, logits)[0]
+    assert g_ref.abs().max() > 1e-3 and torch.allclose(g_ours, g_ref, atol=1e-6)
+    assert torch.equal(g_ours[1, :, :, 0], torch.zeros_like(g_ours[1, :, :, 0]))  # unlabelled pixels: no pull
 
 
 def test_label_fusion_is_the_confidence_fusion_of_one_hot_labels():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from multirater_monai.losses.cmnet import CMNetLoss
 from multirater_monai.losses.keyed import CombinedLoss, KeyedLoss, sample_mask
-from multirater_monai.losses.mrprism import MrPrismLoss, confidence_fusion, label_fusion, one_hot_argmax, rater_one_hot
+from multirater_monai.losses.mrprism import MrPrismLoss, confidence_fusion, label_fusion, rater_one_hot, shuffle_cross_entropy
 from multirater_monai.losses.ssim import SeparableSSIMLoss
 
-__all__ = ["CMNetLoss", "CombinedLoss", "KeyedLoss", "MrPrismLoss", "SeparableSSIMLoss", "confidence_fusion", "label_fusion", "one_hot_argmax", "rater_one_hot", "sample_mask"]
+__all__ = ["CMNetLoss", "CombinedLoss", "KeyedLoss", "MrPrismLoss", "SeparableSSIMLoss", "confidence_fusion", "label_fusion", "rater_one_hot", "sample_mask", "shuffle_cross_entropy"]

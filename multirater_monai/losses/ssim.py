@@ -2,8 +2,8 @@
 
 MONAI's ``SSIMLoss`` convolves each of the five local statistics (means, second moments, cross moment)
 with the full Gaussian window: ``k^d`` multiply-adds per voxel (1 331 for the default 11³ window in 3D).
-The Gaussian window is the outer product of 1-D Gaussians, so the same convolution is ``d`` 1-D passes of
-``k`` taps each; the five statistics also go through one grouped convolution per pass instead of five.
+The Gaussian window is the outer product of 1-D Gaussians, so the same convolution is ``d`` 1-D passes,
+each a matrix product with a banded matrix along one axis, for the five statistics at once.
 The value is MONAI's (``tests/test_mrprism.py`` compares them), at a fraction of the cost: MrPrism calls
 it on every recurrence of every step.
 """
@@ -11,7 +11,6 @@ it on every recurrence of every step.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["SeparableSSIMLoss"]
 
@@ -42,27 +41,28 @@ class SeparableSSIMLoss(torch.nn.Module):
         self.c1 = (k1 * data_range) ** 2
         self.c2 = (k2 * data_range) ** 2
 
-    def _pass(self, x: torch.Tensor, axis: int) -> torch.Tensor:
-        """Valid 1-D Gaussian filtering of every channel of (B, C, H, W) along ``axis`` (0: H, 1: W)."""
-        channels = x.shape[1]
-        shape = (self.win_size, 1) if axis == 0 else (1, self.win_size)
-        kernel = self.window.to(x.dtype).reshape(1, 1, *shape).expand(channels, 1, *shape)
-        return F.conv2d(x, kernel, groups=channels)
+    def _band(self, size: int, like: torch.Tensor) -> torch.Tensor:
+        """(size - k + 1, size) banded matrix whose rows are the 1-D window at each valid offset."""
+        k, out = self.win_size, size - self.win_size + 1
+        rows = torch.arange(out, device=like.device).unsqueeze(1)
+        cols = rows + torch.arange(k, device=like.device)
+        band = like.new_zeros(out, size)
+        return band.scatter_(1, cols, self.window.to(like.dtype).expand(out, k).contiguous())
 
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
         """Valid Gaussian filtering of every channel of (B, C, *S), one 1-D pass per axis.
 
-        Every pass is a grouped 2-D convolution, 3-D volumes included (the depth pass sees (D, H·W) planes,
-        the others (H, W) planes with the depth folded into the channels): PyTorch's grouped ``conv3d`` has
-        no fast CPU kernel and took 3.6× longer here.
+        Each pass is a matrix product with a banded matrix (the window at every valid offset) along one axis:
+        more multiply-adds than a ``k``-tap convolution, but a matrix product runs near the machine's peak
+        where a grouped convolution with one channel per group does not (2.7× faster on a 3-D batch on CPU).
         """
-        if self.spatial_dims == 2:
-            return self._pass(self._pass(x, 0), 1)
-        b, c, d, h, w = x.shape
-        x = self._pass(x.reshape(b, c, d, h * w), 0)
-        d = x.shape[2]
-        x = self._pass(self._pass(x.reshape(b, c * d, h, w), 0), 1)
-        return x.reshape(b, c, d, x.shape[2], x.shape[3])
+        spatial = x.shape[2:]
+        x = x @ self._band(spatial[-1], x).T  # last axis
+        x = self._band(spatial[-2], x) @ x  # second-last axis: (out, H) @ (..., H, W')
+        if self.spatial_dims == 3:
+            b, c, d, h, w = x.shape
+            x = (self._band(d, x) @ x.reshape(b, c, d, h * w)).reshape(b, c, -1, h, w)
+        return x
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if input.shape != target.shape:
