@@ -189,3 +189,16 @@ def test_class_balance_is_an_exponent_on_the_weights_from_balanced_to_the_papers
     loss.class_balance = 1.5
     with pytest.raises(ValueError, match="class_balance"):
         loss(_outputs(), LABELS)
+
+
+def test_loss_from_the_trace_equals_the_loss_from_the_matrices():
+    torch.manual_seed(0)
+    net = CMNet(2, 1, 3, 2, channels=(4, 8), strides=(2,), num_res_units=0, head_level=1, identity_init=0.0)
+    x = torch.randn(2, 1, 8, 8)
+    labels = torch.randint(0, 3, (2, 2, 8, 8))
+    labels[1, 0] = -1
+    loss = CMNetLoss(trace_weight=0.3, class_weights="balanced")
+    full, lean = loss(net.forward_all(x), labels), loss(net.forward_train(x), labels)
+    torch.testing.assert_close(lean, full)
+    with pytest.raises(ValueError, match="cm_trace must be"):
+        loss({"rater_probs": net.forward_train(x)["rater_probs"], "cm_trace": torch.zeros(2, 2, 4, 4)}, labels)

@@ -165,3 +165,46 @@ def test_bad_arguments():
         _net(2, "dense")
     with pytest.raises(ValueError, match="rank"):
         _net(2, "low_rank", rank=0)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("cm_type", ["pixel", "low_rank", "global"])
+@pytest.mark.parametrize("head_level", [0, 1])
+def test_forward_train_gives_forward_all_values_without_full_resolution_matrices(spatial_dims, cm_type, head_level):
+    net = _net(spatial_dims, cm_type, head_level=head_level, identity_init=0.0).eval()
+    x = _image(spatial_dims)
+    full, lean = net.forward_all(x), net.forward_train(x)
+    assert "cm" not in lean
+    torch.testing.assert_close(lean["logits"], full["logits"])
+    torch.testing.assert_close(lean["rater_probs"], full["rater_probs"])
+    torch.testing.assert_close(lean["cm_trace"], torch.diagonal(full["cm"], dim1=2, dim2=3).sum(-1))
+    # the rater distribution is each pixel's own matrix applied to its own p, at every level
+    torch.testing.assert_close(full["rater_probs"], torch.einsum("brij...,bj...->bri...", full["cm"], full["probs"]))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_head_level_1_is_the_unet_with_one_matrix_per_block(spatial_dims):
+    from monai.networks.nets import UNet
+
+    net = _net(spatial_dims, "pixel", head_level=1, identity_init=0.0).eval()
+    assert isinstance(net.segmentation, UNet) and net.segmentation.out_channels == L
+    x = _image(spatial_dims)
+    out = net.forward_all(x)
+    torch.testing.assert_close(out["logits"], net.segmentation(x))  # the consensus is the baseline U-Net's output
+    cm = out["cm"]
+    assert cm.shape == (2, R, L, L) + (8,) * spatial_dims
+    torch.testing.assert_close(cm.sum(2), torch.ones_like(cm.sum(2)))
+    blocks = cm.unfold(-1, 2, 2).unfold(-2 - 1, 2, 2) if spatial_dims == 2 else cm.unfold(-1, 2, 2).unfold(-3, 2, 2).unfold(-5, 2, 2)
+    flat = blocks.flatten(-spatial_dims)
+    assert torch.equal(flat, flat[..., :1].expand_as(flat))  # one matrix per 2^d block
+    assert not torch.equal(cm[..., 0, 0] if spatial_dims == 2 else cm[..., 0, 0, 0], cm[..., 2, 2] if spatial_dims == 2 else cm[..., 2, 2, 2])
+
+
+def test_head_level_errors():
+    from multirater_monai.errors import UserError
+
+    with pytest.raises(UserError, match="head_level must be 0"):
+        _net(2, "pixel", head_level=2)
+    with pytest.raises(UserError, match="needs shared_trunk"):
+        _net(2, "pixel", head_level=1, shared_trunk=False)
+    _net(2, "global", head_level=1, shared_trunk=False)  # no heads: nothing to place

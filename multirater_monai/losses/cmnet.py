@@ -107,31 +107,39 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
         """Loss of a batch.
 
         Args:
-            outputs: at least ``"rater_probs"`` (B, R, L, *S) and ``"cm"`` (B, R, L, L, *S),
-                column-stochastic (``CMNet.forward_all``).
+            outputs: at least ``"rater_probs"`` (B, R, L, *S) and either ``"cm"`` (B, R, L, L, *S),
+                column-stochastic (``CMNet.forward_all``), or ``"cm_trace"`` (B, R, *S), the trace of each
+                pixel's matrix (``CMNet.forward_train``, which does not form the matrices at full resolution).
             rater_labels: (B, R, *S) class indices in ``0..L-1``, or -1 (not annotated); integer, or
                 float holding integers. Or the batch dict of a training step, whose ``"label"`` they are.
 
         Returns:
             scalar, or (B, R) for ``reduction="none"``.
         """
-        if "rater_probs" not in outputs or "cm" not in outputs:
-            raise ValueError(f"outputs must contain 'rater_probs' and 'cm', got keys {sorted(outputs)}.")
+        if "rater_probs" not in outputs or ("cm" not in outputs and "cm_trace" not in outputs):
+            raise ValueError(f"outputs must contain 'rater_probs' and 'cm' or 'cm_trace', got keys {sorted(outputs)}.")
         if isinstance(rater_labels, Mapping):
             if LABEL not in rater_labels:
                 raise KeyError(f"the batch has no '{LABEL}' (rater labels); has {sorted(rater_labels)}.")
             rater_labels = rater_labels[LABEL]
-        rater_probs, cm = _plain(outputs["rater_probs"]), _plain(outputs["cm"])
+        rater_probs = _plain(outputs["rater_probs"])
         labels = _plain(torch.as_tensor(rater_labels)).to(rater_probs.device)
         if rater_probs.ndim < 4:
             raise ValueError(f"rater_probs must be (B, R, L, *S), got {tuple(rater_probs.shape)}.")
         batch, num_raters, num_classes = rater_probs.shape[:3]
         spatial = tuple(rater_probs.shape[3:])
-        if tuple(cm.shape) != (batch, num_raters, num_classes, num_classes) + spatial:
-            raise ValueError(
-                f"cm must be (B, R, L, L, *S) = {(batch, num_raters, num_classes, num_classes) + spatial}, "
-                f"got {tuple(cm.shape)}."
-            )
+        if "cm_trace" in outputs:
+            trace = _plain(outputs["cm_trace"])
+            if tuple(trace.shape) != (batch, num_raters) + spatial:
+                raise ValueError(f"cm_trace must be (B, R, *S) = {(batch, num_raters) + spatial}, got {tuple(trace.shape)}.")
+        else:
+            cm = _plain(outputs["cm"])
+            if tuple(cm.shape) != (batch, num_raters, num_classes, num_classes) + spatial:
+                raise ValueError(
+                    f"cm must be (B, R, L, L, *S) = {(batch, num_raters, num_classes, num_classes) + spatial}, "
+                    f"got {tuple(cm.shape)}."
+                )
+            trace = torch.diagonal(cm, dim1=2, dim2=3).sum(-1)  # (B, R, *S)
         if tuple(labels.shape) != (batch, num_raters) + spatial:
             raise ValueError(
                 f"rater_labels must be (B, R, *S) = {(batch, num_raters) + spatial} (R = {num_raters} raters "
@@ -150,7 +158,6 @@ class CMNetLoss(torch.nn.modules.loss._Loss):
         valid = labels != MISSING_LABEL  # (B, R, *S)
         picked = rater_probs.gather(2, labels.clamp_min(0).unsqueeze(2)).squeeze(2)  # (B, R, *S)
         nll = -torch.log(picked.clamp_min(self.eps))
-        trace = torch.diagonal(cm, dim1=2, dim2=3).sum(-1)  # (B, R, *S)
 
         count = valid.flatten(2).sum(-1)  # (B, R)
         annotated = count > 0

@@ -16,7 +16,11 @@ from collections.abc import Sequence
 from typing import TypedDict
 
 import torch
+import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
+from monai.networks.nets import UNet
+
+from multirater_monai.errors import UserError
 
 from multirater_monai.networks.confusion_heads import (
     GlobalConfusionMatrices,
@@ -93,6 +97,18 @@ class CMNet(torch.nn.Module):
     ``False`` gives the annotator its own smaller U-Net on the image (two coupled networks, the
     paper's figure 1). Global matrices use no features, so ``shared_trunk`` does not apply to them.
 
+    Where the pixel / low-rank heads sit, ``head_level``:
+
+    - ``0``: on the trunk's ``feature_channels`` output features at full resolution (the paper's and the
+      authors' layout); the trunk is a U-Net with ``feature_channels`` outputs, norm and activation
+      (:class:`~multirater_monai.networks.feature_unet.FeatureUNet`), then a 1×1 convolution to the logits;
+    - ``1``: on the input of the U-Net's last up-step (``2 · channels[0]`` channels with three levels or more, at ``strides[0]`` times
+      coarser resolution): one matrix per block of ``strides[0]^d`` pixels, applied to each pixel's own
+      ``p``. The segmentation part is then MONAI's U-Net itself with ``L`` outputs, the ``fused_unet``
+      baseline's network, and the heads work on ``strides[0]^d`` times fewer pixels; ``forward_all`` repeats
+      each matrix over its block (nearest-neighbour up-sampling) and :meth:`CMNet.forward_train` never
+      forms the full-resolution matrices at all.
+
     Initialisation: the matrices start near identity, ``softmax(identity_init · I)`` exactly (see the
     heads); ``identity_init=0`` disables this (default init, as in the authors' code). The paper's
     trace-maximising warm-up is a training stage, see :meth:`multirater_monai.losses.CMNetLoss.warmup`.
@@ -118,6 +134,9 @@ class CMNet(torch.nn.Module):
         annotator_channels: channels of the annotator's own U-Net (``shared_trunk=False``); default:
             ``channels`` halved (at least 4).
         act: activation (U-Nets, feature blocks, heads).
+        head_level: ``0`` heads at full resolution on the trunk's output features, ``1`` heads on the
+            U-Net's last decoder input, matrices up-sampled (see above); ``1`` needs ``shared_trunk``.
+        head_kernel_size: kernel size of the heads' two conv blocks (1: a per-pixel MLP).
 
     Shapes:
         ``forward``: (B, C, *S) -> (B, L, *S) logits. Spatial sizes must be divisible by ``prod(strides)``.
@@ -141,6 +160,8 @@ class CMNet(torch.nn.Module):
         identity_init: float = 3.0,
         annotator_channels: Sequence[int] | None = None,
         act: tuple | str = "PRELU",
+        head_level: int = 0,
+        head_kernel_size: int = 3,
     ) -> None:
         super().__init__()
         if cm_type not in CM_TYPES:
@@ -152,19 +173,35 @@ class CMNet(torch.nn.Module):
         self.num_raters = num_raters
         self.cm_type = cm_type
         self.shared_trunk = shared_trunk
-        self.segmentation = FeatureUNet(
-            spatial_dims, in_channels, feature_channels, channels, strides, num_res_units, norm, act
-        )
-        self.seg_head = Conv[Conv.CONV, spatial_dims](feature_channels, num_classes, kernel_size=1)
+        if head_level not in (0, 1):
+            raise UserError(f"CM-Net: head_level must be 0 (full resolution) or 1 (last decoder input), got {head_level}.")
+        if head_level == 1 and not shared_trunk and cm_type != "global":
+            raise UserError("CM-Net: head_level 1 puts the heads inside the segmentation U-Net; it needs shared_trunk true.")
+        self.head_level = int(head_level)
+        self.head_scale = int(strides[0]) if self.head_level == 1 else 1
+        head_in = feature_channels
+        if self.head_level == 0:
+            self.segmentation = FeatureUNet(
+                spatial_dims, in_channels, feature_channels, channels, strides, num_res_units, norm, act
+            )
+            self.seg_head = Conv[Conv.CONV, spatial_dims](feature_channels, num_classes, kernel_size=1)
+        else:
+            self.segmentation = UNet(
+                spatial_dims, in_channels, num_classes, channels, strides, num_res_units=num_res_units, norm=norm, act=act
+            )
+            self.seg_head = torch.nn.Identity()
+            # what MONAI's U-Net concatenates before its last up-step: the first level's features and the level below's
+            head_in = int(channels[0]) + int(channels[0] if len(channels) > 2 else channels[1])
 
         head: torch.nn.Module
         if cm_type == "pixel":
             head = PixelConfusionHead(
-                spatial_dims, feature_channels, num_classes, num_raters, head_channels, norm, act, identity_init
+                spatial_dims, head_in, num_classes, num_raters, head_channels, norm, act, identity_init, head_kernel_size
             )
         elif cm_type == "low_rank":
             head = LowRankConfusionHead(
-                spatial_dims, feature_channels, num_classes, num_raters, rank, head_channels, norm, act, identity_init
+                spatial_dims, head_in, num_classes, num_raters, rank, head_channels, norm, act, identity_init,
+                head_kernel_size,
             )
         else:
             head = GlobalConfusionMatrices(num_classes, num_raters, identity_init)
@@ -181,17 +218,77 @@ class CMNet(torch.nn.Module):
         """(B, C, *S) image -> (B, L, *S) consensus logits."""
         return self.seg_head(self.segmentation(x))
 
-    def forward_all(self, x: torch.Tensor) -> CMNetOutput:
-        """(B, C, *S) image -> :class:`CMNetOutput` (logits, probs, cm, rater_probs)."""
-        features = self.segmentation(x)
-        logits = self.seg_head(features)
+    def _logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Consensus logits (B, L, *S) and the heads' features: (B, F, *S), or at ``head_level`` 1 the U-Net's
+        last decoder input (B, 2·channels[0], *S / strides[0]) (three levels or more)."""
+        if self.head_level == 0:
+            features = self.segmentation(x)
+            return self.seg_head(features), features
+        # MONAI's U-Net is Sequential(first down-step, SkipConnection(the levels below), last up-step)
+        down, below, up = self.segmentation.model
+        features = below(down(x))
+        return up(features), features
+
+    def _matrices(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits (B, L, *S), probabilities (B, L, *S) and the matrices at the heads' resolution
+        (B, R, L, L, *S / head_scale); global matrices are an ``expand`` to (B, R, L, L, *S)."""
+        logits, features = self._logits_and_features(x)
         probs = torch.softmax(logits, dim=1)
-        cm = self.annotator(x, features)
         if isinstance(self.annotator.head, GlobalConfusionMatrices):
-            rater_probs = torch.einsum("rij,bj...->bri...", self.annotator.head.matrices(), probs)
+            return logits, probs, self.annotator.head(logits)
+        return logits, probs, self.annotator(x, features)
+
+    def _rater_probs(self, cm: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """``A_r · p`` per pixel, (B, R, L, *S), from the matrices at the heads' resolution.
+
+        At ``head_scale`` f > 1 each matrix multiplies the ``f^d`` probability vectors of its block: one batched
+        matrix product per block, so no full-resolution (B, R, L, L, *S) tensor is formed.
+        """
+        if isinstance(self.annotator.head, GlobalConfusionMatrices):
+            return torch.einsum("rij,bj...->bri...", self.annotator.head.matrices(), probs)
+        if self.head_scale == 1:
+            return (cm * probs[:, None, None]).sum(3)  # 3× faster than einsum on CPU
+        f, coarse = self.head_scale, list(cm.shape[4:])
+        b, l = probs.shape[:2]
+        blocks = [b, l]
+        for size in coarse:
+            blocks += [size, f]
+        p = probs.reshape(blocks)  # (B, L, s1, f, s2, f[, s3, f])
+        if self.spatial_dims == 2:
+            out = torch.einsum("nrijhw,njhawc->nrihawc", cm, p)
         else:
-            rater_probs = torch.einsum("brij...,bj...->bri...", cm, probs)
+            out = torch.einsum("nrijdhw,njdahewc->nridahewc", cm, p)
+        return out.reshape(list(probs.shape[:1]) + [self.num_raters] + list(probs.shape[1:]))
+
+    def _full_resolution(self, maps: torch.Tensor, dims: int) -> torch.Tensor:
+        """Repeat the last ``spatial_dims`` axes of ``maps`` ``head_scale`` times (nearest-neighbour up-sampling)."""
+        if self.head_scale == 1:
+            return maps
+        lead = list(maps.shape[: maps.ndim - dims])
+        up = F.interpolate(maps.reshape([-1, 1] + list(maps.shape[-dims:])), scale_factor=self.head_scale, mode="nearest")
+        return up.reshape(lead + list(up.shape[2:]))
+
+    def forward_all(self, x: torch.Tensor) -> CMNetOutput:
+        """(B, C, *S) image -> :class:`CMNetOutput` (logits, probs, cm, rater_probs), matrices at full resolution."""
+        logits, probs, cm = self._matrices(x)
+        rater_probs = self._rater_probs(cm, probs)
+        if not isinstance(self.annotator.head, GlobalConfusionMatrices):
+            cm = self._full_resolution(cm, self.spatial_dims)
         return CMNetOutput(logits=logits, probs=probs, cm=cm, rater_probs=rater_probs)
+
+    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What :class:`~multirater_monai.losses.CMNetLoss` needs, without full-resolution matrices.
+
+        (B, C, *S) image -> ``logits``, ``probs`` (B, L, *S), ``rater_probs`` (B, R, L, *S) as :meth:`forward_all`,
+        and ``cm_trace`` (B, R, *S), the trace of each pixel's matrix, instead of ``cm``. Equal to
+        :meth:`forward_all`'s values; at ``head_level`` 1 it saves the (B, R, L, L, *S) tensor and its gradient.
+        """
+        logits, probs, cm = self._matrices(x)
+        rater_probs = self._rater_probs(cm, probs)
+        trace = torch.diagonal(cm, dim1=2, dim2=3).sum(-1)
+        if not isinstance(self.annotator.head, GlobalConfusionMatrices):
+            trace = self._full_resolution(trace, self.spatial_dims)
+        return {"logits": logits, "probs": probs, "rater_probs": rater_probs, "cm_trace": trace}
 
 
 def cm_memory_elements(

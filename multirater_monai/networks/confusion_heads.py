@@ -91,6 +91,7 @@ class PixelConfusionHead(torch.nn.Module):
         norm: normalisation of the conv blocks.
         act: activation of the conv blocks.
         identity_init: diagonal score offset ``delta`` of the initial matrices.
+        kernel_size: kernel size of the heads' two conv blocks.
 
     Shapes:
         input (B, F, *S) -> output (B, R, L, L, *S), columns (axis 2) summing to 1.
@@ -106,12 +107,13 @@ class PixelConfusionHead(torch.nn.Module):
         norm: tuple | str = "batch",
         act: tuple | str = "PRELU",
         identity_init: float = 3.0,
+        kernel_size: int = 3,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_raters = num_raters
         self.heads = RaterConvHeads(
-            spatial_dims, in_channels, num_raters, num_classes * num_classes, hidden_channels, norm, act
+            spatial_dims, in_channels, num_raters, num_classes * num_classes, hidden_channels, norm, act, kernel_size
         )
         if identity_init != 0:
             with torch.no_grad():
@@ -156,6 +158,7 @@ class LowRankConfusionHead(torch.nn.Module):
         norm: normalisation of the conv blocks.
         act: activation of the conv blocks.
         identity_init: initial identity residual ``c``.
+        kernel_size: kernel size of the heads' two conv blocks.
 
     Shapes:
         input (B, F, *S) -> output (B, R, L, L, *S), columns (axis 2) summing to 1.
@@ -172,6 +175,7 @@ class LowRankConfusionHead(torch.nn.Module):
         norm: tuple | str = "batch",
         act: tuple | str = "PRELU",
         identity_init: float = 3.0,
+        kernel_size: int = 3,
     ) -> None:
         super().__init__()
         if rank < 1:
@@ -180,7 +184,9 @@ class LowRankConfusionHead(torch.nn.Module):
         self.num_raters = num_raters
         self.rank = rank
         per_rater = 2 * num_classes * rank
-        self.heads = RaterConvHeads(spatial_dims, in_channels, num_raters, per_rater, hidden_channels, norm, act)
+        self.heads = RaterConvHeads(
+            spatial_dims, in_channels, num_raters, per_rater, hidden_channels, norm, act, kernel_size
+        )
         self.residual = torch.nn.Parameter(torch.full((num_raters,), float(identity_init)))
         if identity_init != 0:
             half = num_classes * rank
