@@ -21,7 +21,6 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets import UNet
 
 from multirater_monai.errors import UserError
-
 from multirater_monai.networks.confusion_heads import (
     GlobalConfusionMatrices,
     LowRankConfusionHead,
@@ -102,8 +101,9 @@ class CMNet(torch.nn.Module):
     - ``0``: on the trunk's ``feature_channels`` output features at full resolution (the paper's and the
       authors' layout); the trunk is a U-Net with ``feature_channels`` outputs, norm and activation
       (:class:`~multirater_monai.networks.feature_unet.FeatureUNet`), then a 1×1 convolution to the logits;
-    - ``1``: on the input of the U-Net's last up-step (``2 · channels[0]`` channels with three levels or more, at ``strides[0]`` times
-      coarser resolution): one matrix per block of ``strides[0]^d`` pixels, applied to each pixel's own
+    - ``1``: on the input of the U-Net's last up-step (``2 · channels[0]`` channels with three levels or
+      more, at ``strides[0]`` times coarser resolution): one matrix per block of ``strides[0]^d`` pixels,
+      applied to each pixel's own
       ``p``. The segmentation part is then MONAI's U-Net itself with ``L`` outputs, the ``fused_unet``
       baseline's network, and the heads work on ``strides[0]^d`` times fewer pixels; ``forward_all`` repeats
       each matrix over its block (nearest-neighbour up-sampling) and :meth:`CMNet.forward_train` never
@@ -135,7 +135,7 @@ class CMNet(torch.nn.Module):
             ``channels`` halved (at least 4).
         act: activation (U-Nets, feature blocks, heads).
         head_level: ``0`` heads at full resolution on the trunk's output features, ``1`` heads on the
-            U-Net's last decoder input, matrices up-sampled (see above); ``1`` needs ``shared_trunk``.
+            U-Net's last decoder input, one matrix per block of pixels (see above); ``1`` needs ``shared_trunk``.
         head_kernel_size: kernel size of the heads' two conv blocks (1: a per-pixel MLP).
 
     Shapes:
@@ -241,7 +241,7 @@ class CMNet(torch.nn.Module):
     def _rater_probs(self, cm: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """``A_r · p`` per pixel, (B, R, L, *S), from the matrices at the heads' resolution.
 
-        At ``head_scale`` f > 1 each matrix multiplies the ``f^d`` probability vectors of its block: one batched
+        At ``head_level`` 1 each matrix multiplies the ``f^d`` probability vectors of its block: one batched
         matrix product per block, so no full-resolution (B, R, L, L, *S) tensor is formed.
         """
         if isinstance(self.annotator.head, GlobalConfusionMatrices):
