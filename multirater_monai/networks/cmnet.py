@@ -103,11 +103,10 @@ class CMNet(torch.nn.Module):
       (:class:`~multirater_monai.networks.feature_unet.FeatureUNet`), then a 1×1 convolution to the logits;
     - ``1``: on the input of the U-Net's last up-step (``2 · channels[0]`` channels with three levels or
       more, at ``strides[0]`` times coarser resolution): one matrix per block of ``strides[0]^d`` pixels,
-      applied to each pixel's own
-      ``p``. The segmentation part is then MONAI's U-Net itself with ``L`` outputs, the ``fused_unet``
-      baseline's network, and the heads work on ``strides[0]^d`` times fewer pixels; ``forward_all`` repeats
-      each matrix over its block (nearest-neighbour up-sampling) and :meth:`CMNet.forward_train` never
-      forms the full-resolution matrices at all.
+      applied to each pixel's own ``p``. The segmentation part is then MONAI's U-Net itself with ``L``
+      outputs, the ``fused_unet`` baseline's network, and the heads work on ``strides[0]^d`` times fewer
+      pixels; ``forward_all`` repeats each matrix over its block (nearest-neighbour up-sampling) and
+      :meth:`CMNet.forward_train` never forms the full-resolution matrices at all.
 
     Initialisation: the matrices start near identity, ``softmax(identity_init · I)`` exactly (see the
     heads); ``identity_init=0`` disables this (default init, as in the authors' code). The paper's
