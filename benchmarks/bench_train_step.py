@@ -6,7 +6,8 @@ on a batch that the bundle's own pre-processing makes from a small synthetic set
 ``--data``), so the figures are those of what the bundle trains (``multirater_monai.benchmark.cost``, which the
 leaderboard's cost columns use too). Each (bundle, dims) pair runs in a fresh process: peak memory is the growth of
 the process's peak resident set over its size before the first step (CPU) or ``torch.cuda.max_memory_allocated``
-(GPU) over the steps.
+(GPU) over the steps; ``saved MiB`` is what autograd keeps for the backward pass of one step, a memory figure
+that other processes and the allocator do not move.
 Ratios are against ``fused_unet`` of the same dimensionality and number of classes, measured in the
 same run.
 
@@ -51,7 +52,10 @@ def main() -> None:
             if proc.returncode != 0:
                 sys.exit(f"{bundle} ({dims}D) failed:\n{proc.stderr[-3000:]}")
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    header = f"{'bundle':<34}{'dims':>5}{'batch x patch':>22}{'step ms':>10}{'peak MiB':>10}{'x time':>8}{'x mem':>8}"
+    header = (
+        f"{'bundle':<34}{'dims':>5}{'batch x patch':>22}{'step ms':>10}{'peak MiB':>10}{'saved MiB':>10}"
+        f"{'x time':>8}{'x mem':>8}{'x saved':>8}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
@@ -61,9 +65,10 @@ def main() -> None:
         shape = f"{r['batch']} x {'x'.join(map(str, r['patch']))}"
         ratio_t = r["step_ms_median"] / base["step_ms_median"]
         ratio_m = r["peak_over_idle_mib"] / max(base["peak_over_idle_mib"], 1e-9)
+        ratio_s = r["saved_mib"] / max(base["saved_mib"], 1e-9)
         print(
             f"{r['bundle']:<34}{r['dims']:>5}{shape:>22}{r['step_ms_median']:>10.1f}"
-            f"{r['peak_over_idle_mib']:>10.1f}{ratio_t:>8.2f}{ratio_m:>8.2f}"
+            f"{r['peak_over_idle_mib']:>10.1f}{r['saved_mib']:>10.1f}{ratio_t:>8.2f}{ratio_m:>8.2f}{ratio_s:>8.2f}"
         )
     print(f"device={results[0]['device']} threads={results[0]['threads']} steps={args.steps} (median step time)")
 

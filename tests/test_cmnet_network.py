@@ -169,9 +169,11 @@ def test_bad_arguments():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("cm_type", ["pixel", "low_rank", "global"])
-@pytest.mark.parametrize("head_level", [0, 1])
-def test_forward_train_gives_forward_all_values_without_full_resolution_matrices(spatial_dims, cm_type, head_level):
-    net = _net(spatial_dims, cm_type, head_level=head_level, identity_init=0.0).eval()
+@pytest.mark.parametrize("head_level, head_upsample", [(0, "nearest"), (1, "nearest"), (1, "learned")])
+def test_forward_train_gives_forward_all_values_without_full_resolution_matrices(
+    spatial_dims, cm_type, head_level, head_upsample
+):
+    net = _net(spatial_dims, cm_type, head_level=head_level, head_upsample=head_upsample, identity_init=0.0).eval()
     x = _image(spatial_dims)
     full, lean = net.forward_all(x), net.forward_train(x)
     assert "cm" not in lean
@@ -200,6 +202,37 @@ def test_head_level_1_is_the_unet_with_one_matrix_per_block(spatial_dims):
     assert not torch.equal(cm[..., 0, 0] if spatial_dims == 2 else cm[..., 0, 0, 0], cm[..., 2, 2] if spatial_dims == 2 else cm[..., 2, 2, 2])
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("cm_type", ["pixel", "low_rank"])
+def test_learned_upsampling_gives_each_pixel_of_a_block_its_own_matrix(spatial_dims, cm_type):
+    net = _net(spatial_dims, cm_type, head_level=1, head_upsample="learned", identity_init=0.0).eval()
+    x = _image(spatial_dims)
+    cm = net.forward_all(x)["cm"]
+    assert cm.shape == (2, R, L, L) + (8,) * spatial_dims
+    torch.testing.assert_close(cm.sum(2), torch.ones_like(cm.sum(2)))
+    # the four (eight) pixels of the first block differ: not one matrix repeated as with "nearest"
+    block = cm[(...,) + (slice(0, 2),) * spatial_dims].flatten(-spatial_dims)
+    assert (block - block[..., :1]).abs().amax(dim=(0, 1, 2, 3))[1:].min() > 1e-4
+    # the output layer maps each coarse pixel's hidden features to the scores of its own block only
+    out = net.annotator.head.heads.out
+    hidden = torch.randn((1, out.in_channels) + (4,) * spatial_dims)
+    moved = hidden.clone()
+    moved[(..., 1) + (2,) * (spatial_dims - 1)] += 1.0
+    with torch.no_grad():
+        changed = (out(moved) - out(hidden)).abs().sum(dim=1)[0] > 0
+    expected = torch.zeros((8,) * spatial_dims, dtype=torch.bool)
+    expected[(slice(2, 4),) + (slice(4, 6),) * (spatial_dims - 1)] = True
+    assert torch.equal(changed, expected)
+
+
+def test_learned_upsampling_starts_at_the_identity_prior():
+    for cm_type in ("pixel", "low_rank"):
+        net = _net(2, cm_type, head_level=1, head_upsample="learned").eval()
+        cm = net.forward_all(_image(2))["cm"]
+        expected = torch.softmax(3.0 * torch.eye(L), 0)[None, None, :, :, None, None].expand_as(cm)
+        torch.testing.assert_close(cm, expected)
+
+
 def test_head_level_errors():
     from multirater_monai.errors import UserError
 
@@ -208,3 +241,28 @@ def test_head_level_errors():
     with pytest.raises(UserError, match="needs shared_trunk"):
         _net(2, "pixel", head_level=1, shared_trunk=False)
     _net(2, "global", head_level=1, shared_trunk=False)  # no heads: nothing to place
+    with pytest.raises(UserError, match="head_upsample must be one of"):
+        _net(2, "pixel", head_level=1, head_upsample="bilinear")
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("cm_type, head_level, head_upsample", [("pixel", 0, "nearest"), ("low_rank", 1, "nearest"), ("pixel", 1, "learned")])
+def test_chunked_recomputed_heads_give_the_same_values_and_gradients(spatial_dims, cm_type, head_level, head_upsample):
+    """head_chunks recomputes the heads' tail per batch chunk; batch norm still sees the whole batch."""
+    x = _image(spatial_dims, batch=4)
+    kwargs = dict(head_level=head_level, head_upsample=head_upsample, identity_init=0.0)
+    torch.manual_seed(0)
+    plain = _net(spatial_dims, cm_type, **kwargs).train()
+    torch.manual_seed(0)
+    chunked = _net(spatial_dims, cm_type, head_chunks=3, **kwargs).train()
+    outputs = []
+    for net in (plain, chunked):
+        out = net.forward_train(x)
+        (out["rater_probs"].square().sum() + out["cm_trace"].sum()).backward()
+        outputs.append(out)
+    for key in ("rater_probs", "cm_trace"):
+        torch.testing.assert_close(outputs[1][key], outputs[0][key])
+    for (name, a), (_, b) in zip(plain.named_parameters(), chunked.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+    for (name, a), (_, b) in zip(plain.named_buffers(), chunked.named_buffers()):
+        torch.testing.assert_close(b, a, msg=name)  # running statistics updated once, not per chunk or recomputation

@@ -6,6 +6,10 @@ bundle's own pre-processing makes from a small synthetic set (generated once und
 are those of what the bundle trains. Run one measurement per process (``python -m
 multirater_monai.benchmark.cost SPEC DIMS``): peak memory is the growth of the process's peak resident set over
 its size before the first step (CPU) or ``torch.cuda.max_memory_allocated`` (GPU) over the steps.
+
+The resident-set peak moves with the allocator and with other processes on the machine; ``saved_mib`` is
+a figure that does not: the bytes of the distinct tensor storages that autograd saves for the backward pass
+during one step (the activations a step keeps; recomputed ones, under activation checkpointing, not counted).
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import resource
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 from multirater_monai.bundle_utils import parse_bundle_spec
 
-__all__ = ["measure_train_step"]
+__all__ = ["measure_train_step", "saved_activation_mib"]
 
 
 def _rss_peak_mib() -> float:
@@ -30,6 +35,22 @@ def _current_rss_mib() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * resource.getpagesize() / 2**20
+
+
+def saved_activation_mib(step: Callable[[], object]) -> float:
+    """MiB of the distinct storages autograd saves for the backward pass while ``step()`` runs (one step)."""
+    import torch
+
+    sizes: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        sizes[storage.data_ptr()] = max(sizes.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(sizes.values()) / 2**20
 
 
 def measure_train_step(
@@ -79,6 +100,7 @@ def measure_train_step(
         base = _current_rss_mib()
     for _ in range(warmup):
         step()
+    saved = saved_activation_mib(step)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -101,6 +123,7 @@ def measure_train_step(
         "step_ms_min": 1000 * min(times),
         "peak_mib": peak,
         "peak_over_idle_mib": max(peak - base_mib, 0.0),
+        "saved_mib": saved,
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in trainer.network.parameters()),
     }

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TypedDict
 
 import torch
+from torch.utils.checkpoint import checkpoint
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from monai.networks.nets import UNet
@@ -28,9 +29,10 @@ from multirater_monai.networks.confusion_heads import (
 )
 from multirater_monai.networks.feature_unet import FeatureUNet
 
-__all__ = ["CM_TYPES", "CMNet", "CMNetAnnotator", "CMNetOutput", "cm_memory_elements"]
+__all__ = ["CM_TYPES", "HEAD_UPSAMPLES", "CMNet", "CMNetAnnotator", "CMNetOutput", "cm_memory_elements"]
 
 CM_TYPES = ("pixel", "low_rank", "global")
+HEAD_UPSAMPLES = ("nearest", "learned")
 
 
 class CMNetOutput(TypedDict):
@@ -68,9 +70,11 @@ class CMNetAnnotator(torch.nn.Module):
         self.head = head
 
     def forward(self, image: torch.Tensor, trunk_features: torch.Tensor) -> torch.Tensor:
-        if self.shared_trunk:
-            return self.head(trunk_features)
-        return self.head(self.features(image))
+        return self.head(self.head_input(image, trunk_features))
+
+    def head_input(self, image: torch.Tensor, trunk_features: torch.Tensor) -> torch.Tensor:
+        """The features the head reads: the trunk's (shared trunk) or the annotator network's on the image."""
+        return trunk_features if self.shared_trunk else self.features(image)
 
 
 class CMNet(torch.nn.Module):
@@ -106,7 +110,10 @@ class CMNet(torch.nn.Module):
       applied to each pixel's own ``p``. The segmentation part is then MONAI's U-Net itself with ``L``
       outputs, the ``fused_unet`` baseline's network, and the heads work on ``strides[0]^d`` times fewer
       pixels; ``forward_all`` repeats each matrix over its block (nearest-neighbour up-sampling) and
-      :meth:`CMNet.forward_train` never forms the full-resolution matrices at all.
+      :meth:`CMNet.forward_train` never forms the full-resolution matrices at all. With
+      ``head_upsample="learned"`` the heads' last layer is instead a transposed convolution of kernel and
+      stride ``strides[0]`` (the same up-step as the U-Net's last layer): every pixel gets its own matrix,
+      the pixels of a block from their own weights on the block's features.
 
     Initialisation: the matrices start near identity, ``softmax(identity_init · I)`` exactly (see the
     heads); ``identity_init=0`` disables this (default init, as in the authors' code). The paper's
@@ -136,6 +143,12 @@ class CMNet(torch.nn.Module):
         head_level: ``0`` heads at full resolution on the trunk's output features, ``1`` heads on the
             U-Net's last decoder input, one matrix per block of pixels (see above); ``1`` needs ``shared_trunk``.
         head_kernel_size: kernel size of the heads' two conv blocks (1: a per-pixel MLP).
+        head_upsample: at ``head_level`` 1, ``"nearest"`` (one matrix per block) or ``"learned"`` (one matrix
+            per pixel from a transposed convolution); ignored at ``head_level`` 0.
+        head_chunks: :meth:`forward_train` runs the heads' output layer, the matrices and ``A_r · p`` in this many
+            batch chunks and recomputes them in the backward pass (activation checkpointing), so the
+            (B, R, L, L, *S) matrices are never all in memory; ``0``: one pass, kept for the backward pass.
+            Values and gradients are the same either way.
 
     Shapes:
         ``forward``: (B, C, *S) -> (B, L, *S) logits. Spatial sizes must be divisible by ``prod(strides)``.
@@ -161,6 +174,8 @@ class CMNet(torch.nn.Module):
         act: tuple | str = "PRELU",
         head_level: int = 0,
         head_kernel_size: int = 3,
+        head_upsample: str = "nearest",
+        head_chunks: int = 0,
     ) -> None:
         super().__init__()
         if cm_type not in CM_TYPES:
@@ -176,8 +191,15 @@ class CMNet(torch.nn.Module):
             raise UserError(f"CM-Net: head_level must be 0 (full resolution) or 1 (last decoder input), got {head_level}.")
         if head_level == 1 and not shared_trunk and cm_type != "global":
             raise UserError("CM-Net: head_level 1 puts the heads inside the segmentation U-Net; it needs shared_trunk true.")
+        if head_upsample not in HEAD_UPSAMPLES:
+            raise UserError(f"CM-Net: head_upsample must be one of {HEAD_UPSAMPLES}, got {head_upsample!r}.")
+        if int(head_chunks) < 0:
+            raise UserError(f"CM-Net: head_chunks must be 0 (no recomputation) or positive, got {head_chunks}.")
+        self.head_chunks = int(head_chunks)
         self.head_level = int(head_level)
-        self.head_scale = int(strides[0]) if self.head_level == 1 else 1
+        # head_scale: how much coarser the matrices are than the image; out_stride: the heads' own up-sampling
+        out_stride = int(strides[0]) if self.head_level == 1 and head_upsample == "learned" else 1
+        self.head_scale = int(strides[0]) // out_stride if self.head_level == 1 else 1
         head_in = feature_channels
         if self.head_level == 0:
             self.segmentation = FeatureUNet(
@@ -195,12 +217,13 @@ class CMNet(torch.nn.Module):
         head: torch.nn.Module
         if cm_type == "pixel":
             head = PixelConfusionHead(
-                spatial_dims, head_in, num_classes, num_raters, head_channels, norm, act, identity_init, head_kernel_size
+                spatial_dims, head_in, num_classes, num_raters, head_channels, norm, act, identity_init, head_kernel_size,
+                out_stride,
             )
         elif cm_type == "low_rank":
             head = LowRankConfusionHead(
                 spatial_dims, head_in, num_classes, num_raters, rank, head_channels, norm, act, identity_init,
-                head_kernel_size,
+                head_kernel_size, out_stride,
             )
         else:
             head = GlobalConfusionMatrices(num_classes, num_raters, identity_init)
@@ -282,12 +305,29 @@ class CMNet(torch.nn.Module):
         and ``cm_trace`` (B, R, *S), the trace of each pixel's matrix, instead of ``cm``. Equal to
         :meth:`forward_all`'s values; at ``head_level`` 1 it saves the (B, R, L, L, *S) tensor and its gradient.
         """
-        logits, probs, cm = self._matrices(x)
-        rater_probs = self._rater_probs(cm, probs)
-        trace = torch.diagonal(cm, dim1=2, dim2=3).sum(-1)
-        if not isinstance(self.annotator.head, GlobalConfusionMatrices):
-            trace = self._full_resolution(trace, self.spatial_dims)
+        head = self.annotator.head
+        if isinstance(head, GlobalConfusionMatrices):
+            logits, probs, cm = self._matrices(x)
+            trace = torch.diagonal(cm, dim1=2, dim2=3).sum(-1)
+            return {"logits": logits, "probs": probs, "rater_probs": self._rater_probs(cm, probs), "cm_trace": trace}
+        logits, features = self._logits_and_features(x)
+        probs = torch.softmax(logits, dim=1)
+        hidden = head.hidden(self.annotator.head_input(x, features))  # batch statistics over the whole batch
+        if self.head_chunks == 0 or not torch.is_grad_enabled():
+            rater_probs, trace = self._rater_probs_and_trace(hidden, probs)
+        else:
+            parts = [
+                checkpoint(self._rater_probs_and_trace, h, p, use_reentrant=False)
+                for h, p in zip(hidden.chunk(self.head_chunks), probs.chunk(self.head_chunks))
+            ]
+            rater_probs, trace = torch.cat([r for r, _ in parts]), torch.cat([t for _, t in parts])
         return {"logits": logits, "probs": probs, "rater_probs": rater_probs, "cm_trace": trace}
+
+    def _rater_probs_and_trace(self, hidden: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heads' hidden features and ``p`` -> ``A_r · p`` (B, R, L, *S) and the matrices' trace (B, R, *S)."""
+        cm = self.annotator.head.matrices(hidden)
+        trace = torch.diagonal(cm, dim1=2, dim2=3).sum(-1)
+        return self._rater_probs(cm, probs), self._full_resolution(trace, self.spatial_dims)
 
 
 def cm_memory_elements(

@@ -23,7 +23,9 @@ __all__ = ["RaterConvHeads", "PixelConfusionHead", "LowRankConfusionHead", "Glob
 class RaterConvHeads(torch.nn.Module):
     """``R`` small convolutional heads on one shared feature map, computed together.
 
-    Each head is two conv blocks (``kernel_size`` conv, norm, activation) and a 1×1 convolution. The
+    Each head is two conv blocks (``kernel_size`` conv, norm, activation) and a 1×1 convolution (with
+    ``out_stride`` > 1 a transposed convolution of kernel and stride ``out_stride`` instead: every pixel of
+    an ``out_stride^d`` output block gets its own linear map of the block's features). The
     first block maps the shared features to ``R * hidden_channels`` channels (each rater's slice has
     its own filters), the next layers are grouped convolutions with ``groups=R``, so rater ``r`` only
     sees its own hidden channels: the result is ``R`` independent heads (up to normalisation layers
@@ -38,9 +40,10 @@ class RaterConvHeads(torch.nn.Module):
         norm: normalisation of the conv blocks.
         act: activation of the conv blocks.
         kernel_size: kernel size of the conv blocks.
+        out_stride: up-sampling factor of the output layer (1: a 1×1 convolution).
 
     Shapes:
-        input (B, F, *S) -> output (B, R, K, *S).
+        input (B, F, *S) -> output (B, R, K, *(S · out_stride)).
     """
 
     def __init__(
@@ -53,10 +56,11 @@ class RaterConvHeads(torch.nn.Module):
         norm: tuple | str = "batch",
         act: tuple | str = "PRELU",
         kernel_size: int = 3,
+        out_stride: int = 1,
     ) -> None:
         super().__init__()
-        if num_raters < 1 or out_channels < 1 or hidden_channels < 1:
-            raise ValueError("num_raters, out_channels and hidden_channels must be positive.")
+        if num_raters < 1 or out_channels < 1 or hidden_channels < 1 or out_stride < 1:
+            raise ValueError("num_raters, out_channels, hidden_channels and out_stride must be positive.")
         self.num_raters = num_raters
         self.out_channels = out_channels
         hidden = num_raters * hidden_channels
@@ -66,12 +70,35 @@ class RaterConvHeads(torch.nn.Module):
                 spatial_dims, hidden, hidden, kernel_size=kernel_size, norm=norm, act=act, groups=num_raters
             ),
         )
-        self.out = Conv[Conv.CONV, spatial_dims](hidden, num_raters * out_channels, kernel_size=1, groups=num_raters)
+        self.out: torch.nn.Module
+        if out_stride == 1:
+            self.out = Conv[Conv.CONV, spatial_dims](hidden, num_raters * out_channels, kernel_size=1, groups=num_raters)
+        else:
+            self.out = Conv[Conv.CONVTRANS, spatial_dims](
+                hidden, num_raters * out_channels, kernel_size=out_stride, stride=out_stride, groups=num_raters
+            )
+
+    def zero_outputs(self, start: int, stop: int) -> None:
+        """Zero the output layer's weights and bias for each rater's output channels ``[start, stop)``."""
+        k = self.out_channels
+        with torch.no_grad():
+            for r in range(self.num_raters):
+                self.out.bias[r * k + start : r * k + stop].zero_()
+                if isinstance(self.out, torch.nn.modules.conv._ConvTransposeNd):
+                    # (in, out / groups, *kernel): rater r's inputs are its group's rows
+                    rows = self.out.weight.shape[0] // self.num_raters
+                    self.out.weight[r * rows : (r + 1) * rows, start:stop].zero_()
+                else:
+                    self.out.weight[r * k + start : r * k + stop].zero_()
+
+    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, R·H, *S) hidden features (``blocks``' output) -> (B, R, K, *(S · out_stride)), the output layer."""
+        y = self.out(hidden)
+        return y.view([y.shape[0], self.num_raters, self.out_channels] + list(y.shape[2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, F, *S) features -> (B, R, K, *S)."""
-        y = self.out(self.blocks(x))
-        return y.view([y.shape[0], self.num_raters, self.out_channels] + list(y.shape[2:]))
+        """(B, F, *S) features -> (B, R, K, *(S · out_stride))."""
+        return self.scores(self.blocks(x))
 
 
 class PixelConfusionHead(torch.nn.Module):
@@ -92,9 +119,10 @@ class PixelConfusionHead(torch.nn.Module):
         act: activation of the conv blocks.
         identity_init: diagonal score offset ``delta`` of the initial matrices.
         kernel_size: kernel size of the heads' two conv blocks.
+        out_stride: up-sampling factor of the heads' output layer (see :class:`RaterConvHeads`).
 
     Shapes:
-        input (B, F, *S) -> output (B, R, L, L, *S), columns (axis 2) summing to 1.
+        input (B, F, *S) -> output (B, R, L, L, *(S · out_stride)), columns (axis 2) summing to 1.
     """
 
     def __init__(
@@ -108,22 +136,33 @@ class PixelConfusionHead(torch.nn.Module):
         act: tuple | str = "PRELU",
         identity_init: float = 3.0,
         kernel_size: int = 3,
+        out_stride: int = 1,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_raters = num_raters
         self.heads = RaterConvHeads(
-            spatial_dims, in_channels, num_raters, num_classes * num_classes, hidden_channels, norm, act, kernel_size
+            spatial_dims, in_channels, num_raters, num_classes * num_classes, hidden_channels, norm, act, kernel_size,
+            out_stride,
         )
         if identity_init != 0:
+            self.heads.zero_outputs(0, num_classes * num_classes)
             with torch.no_grad():
-                self.heads.out.weight.zero_()
                 diagonal = torch.eye(num_classes).flatten() * float(identity_init)
                 self.heads.out.bias.copy_(diagonal.repeat(num_raters))
 
+    def hidden(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F, *S) features -> (B, R·H, *S), the heads' conv blocks (normalisation included)."""
+        return self.heads.blocks(features)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F, *S) features -> (B, R, L, L, *S) column-stochastic matrices."""
-        scores = self.heads(features)
+        return self.matrices(self.hidden(features))
+
+    def matrices(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, R·H, *S) hidden features -> (B, R, L, L, *(S · out_stride)) column-stochastic matrices: the output
+        layer and the softmax, per pixel (no normalisation across the batch)."""
+        scores = self.heads.scores(hidden)
         scores = scores.view(
             [scores.shape[0], self.num_raters, self.num_classes, self.num_classes] + list(scores.shape[3:])
         )
@@ -159,9 +198,10 @@ class LowRankConfusionHead(torch.nn.Module):
         act: activation of the conv blocks.
         identity_init: initial identity residual ``c``.
         kernel_size: kernel size of the heads' two conv blocks.
+        out_stride: up-sampling factor of the heads' output layer (see :class:`RaterConvHeads`).
 
     Shapes:
-        input (B, F, *S) -> output (B, R, L, L, *S), columns (axis 2) summing to 1.
+        input (B, F, *S) -> output (B, R, L, L, *(S · out_stride)), columns (axis 2) summing to 1.
     """
 
     def __init__(
@@ -176,6 +216,7 @@ class LowRankConfusionHead(torch.nn.Module):
         act: tuple | str = "PRELU",
         identity_init: float = 3.0,
         kernel_size: int = 3,
+        out_stride: int = 1,
     ) -> None:
         super().__init__()
         if rank < 1:
@@ -185,26 +226,30 @@ class LowRankConfusionHead(torch.nn.Module):
         self.rank = rank
         per_rater = 2 * num_classes * rank
         self.heads = RaterConvHeads(
-            spatial_dims, in_channels, num_raters, per_rater, hidden_channels, norm, act, kernel_size
+            spatial_dims, in_channels, num_raters, per_rater, hidden_channels, norm, act, kernel_size, out_stride
         )
         self.residual = torch.nn.Parameter(torch.full((num_raters,), float(identity_init)))
         if identity_init != 0:
-            half = num_classes * rank
-            with torch.no_grad():
-                for r in range(num_raters):
-                    start = r * per_rater + half
-                    self.heads.out.weight[start : start + half].zero_()
-                    self.heads.out.bias[start : start + half].zero_()
+            self.heads.zero_outputs(num_classes * rank, per_rater)
 
-    def factors(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, F, *S) features -> ``B1``, ``B2``, each (B, R, L, k, *S)."""
-        f = self.heads(features)
+    def hidden(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F, *S) features -> (B, R·H, *S), the heads' conv blocks (normalisation included)."""
+        return self.heads.blocks(features)
+
+    def factors(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, R·H, *S) hidden features -> ``B1``, ``B2``, each (B, R, L, k, *(S · out_stride))."""
+        f = self.heads.scores(hidden)
         f = f.view([f.shape[0], self.num_raters, 2, self.num_classes, self.rank] + list(f.shape[3:]))
         return f[:, :, 0], f[:, :, 1]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F, *S) features -> (B, R, L, L, *S) column-stochastic matrices."""
-        b1, b2 = self.factors(features)
+        return self.matrices(self.hidden(features))
+
+    def matrices(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, R·H, *S) hidden features -> (B, R, L, L, *(S · out_stride)) column-stochastic matrices: the output
+        layer, the low-rank product and the softmax, per pixel (no normalisation across the batch)."""
+        b1, b2 = self.factors(hidden)
         scores = torch.einsum("brik...,brjk...->brij...", b1, b2)
         ones = [1] * (scores.ndim - 4)
         eye = torch.eye(self.num_classes, dtype=scores.dtype, device=scores.device)

@@ -1,0 +1,37 @@
+"""The deterministic memory figure of the cost measurement: what autograd saves for the backward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from multirater_monai.benchmark.cost import saved_activation_mib
+
+
+def test_saved_activations_count_each_storage_once_and_skip_recomputed_ones():
+    x = torch.randn(2**18, requires_grad=True)  # 1 MiB of float32
+
+    def exp_twice() -> None:
+        y = x.exp()  # saves its output: 1 MiB
+        (y * y).sum().backward()  # saves y twice: the same storage, counted once
+
+    assert saved_activation_mib(exp_twice) == pytest.approx(1.0)
+
+    def three_exps(a: torch.Tensor) -> torch.Tensor:
+        return a.exp().exp().exp()  # each exp saves its output
+
+    def plain() -> None:
+        three_exps(x).sum().backward()
+
+    def checkpointed() -> None:
+        checkpoint(three_exps, x, use_reentrant=False).sum().backward()  # keeps its input only, recomputes the rest
+
+    assert saved_activation_mib(plain) == pytest.approx(3.0)
+    assert saved_activation_mib(checkpointed) == pytest.approx(1.0)
+
+    def no_grad() -> None:
+        with torch.no_grad():
+            x.exp()
+
+    assert saved_activation_mib(no_grad) == 0.0
