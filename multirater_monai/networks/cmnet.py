@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import TypedDict
 
 import torch
-from torch.utils.checkpoint import checkpoint
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from monai.networks.nets import UNet
+from torch.utils.checkpoint import checkpoint
 
 from multirater_monai.errors import UserError
 from multirater_monai.networks.confusion_heads import (
@@ -303,7 +303,9 @@ class CMNet(torch.nn.Module):
 
         (B, C, *S) image -> ``logits``, ``probs`` (B, L, *S), ``rater_probs`` (B, R, L, *S) as :meth:`forward_all`,
         and ``cm_trace`` (B, R, *S), the trace of each pixel's matrix, instead of ``cm``. Equal to
-        :meth:`forward_all`'s values; at ``head_level`` 1 it saves the (B, R, L, L, *S) tensor and its gradient.
+        :meth:`forward_all`'s values; at ``head_level`` 1 with ``"nearest"`` it saves the (B, R, L, L, *S) tensor and
+        its gradient, and with ``head_chunks`` the heads' last layer, matrices and products are recomputed per
+        chunk in the backward pass instead of kept.
         """
         head = self.annotator.head
         if isinstance(head, GlobalConfusionMatrices):
