@@ -84,7 +84,7 @@ class RaterConvHeads(torch.nn.Module):
         with torch.no_grad():
             for r in range(self.num_raters):
                 self.out.bias[r * k + start : r * k + stop].zero_()
-                if isinstance(self.out, torch.nn.modules.conv._ConvTransposeNd):
+                if self.out.transposed:
                     # (in, out / groups, *kernel): rater r's inputs are its group's rows
                     rows = self.out.weight.shape[0] // self.num_raters
                     self.out.weight[r * rows : (r + 1) * rows, start:stop].zero_()
@@ -101,7 +101,24 @@ class RaterConvHeads(torch.nn.Module):
         return self.scores(self.blocks(x))
 
 
-class PixelConfusionHead(torch.nn.Module):
+class _ConvConfusionHead(torch.nn.Module):
+    """What the pixel-wise and low-rank heads share: :class:`RaterConvHeads` in ``heads``, split into the conv blocks
+    (:meth:`hidden`, batch statistics over the whole batch) and the per-pixel rest (``matrices``, which
+    :meth:`~multirater_monai.networks.CMNet.forward_train` may run and recompute in batch chunks). Subclasses set ``heads`` and define ``matrices``."""
+
+    def hidden(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F, *S) features -> (B, R·H, *S), the heads' conv blocks (normalisation included)."""
+        return self.heads.blocks(features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F, *S) features -> (B, R, L, L, *S) column-stochastic matrices."""
+        return self.matrices(self.hidden(features))
+
+    def matrices(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PixelConfusionHead(_ConvConfusionHead):
     """Pixel-wise confusion matrices: per rater a conv head with ``L²`` outputs, column softmax.
 
     Channel ``i * L + j`` of rater ``r`` is the score ``M[i, j]``. With ``identity_init = delta != 0``
@@ -151,14 +168,6 @@ class PixelConfusionHead(torch.nn.Module):
                 diagonal = torch.eye(num_classes).flatten() * float(identity_init)
                 self.heads.out.bias.copy_(diagonal.repeat(num_raters))
 
-    def hidden(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, F, *S) features -> (B, R·H, *S), the heads' conv blocks (normalisation included)."""
-        return self.heads.blocks(features)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, F, *S) features -> (B, R, L, L, *S) column-stochastic matrices."""
-        return self.matrices(self.hidden(features))
-
     def matrices(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, R·H, *S) hidden features -> (B, R, L, L, *(S · out_stride)) column-stochastic matrices: the output
         layer and the softmax, per pixel (no normalisation across the batch)."""
@@ -169,7 +178,7 @@ class PixelConfusionHead(torch.nn.Module):
         return torch.softmax(scores, dim=2)
 
 
-class LowRankConfusionHead(torch.nn.Module):
+class LowRankConfusionHead(_ConvConfusionHead):
     """Low-rank pixel-wise confusion matrices (CM-Net paper, appendix A.4), with an identity residual.
 
     Per rater and pixel the head outputs two ``L × k`` factors ``B1``, ``B2`` (``k = rank``) and::
@@ -232,19 +241,11 @@ class LowRankConfusionHead(torch.nn.Module):
         if identity_init != 0:
             self.heads.zero_outputs(num_classes * rank, per_rater)
 
-    def hidden(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, F, *S) features -> (B, R·H, *S), the heads' conv blocks (normalisation included)."""
-        return self.heads.blocks(features)
-
     def factors(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, R·H, *S) hidden features -> ``B1``, ``B2``, each (B, R, L, k, *(S · out_stride))."""
         f = self.heads.scores(hidden)
         f = f.view([f.shape[0], self.num_raters, 2, self.num_classes, self.rank] + list(f.shape[3:]))
         return f[:, :, 0], f[:, :, 1]
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, F, *S) features -> (B, R, L, L, *S) column-stochastic matrices."""
-        return self.matrices(self.hidden(features))
 
     def matrices(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, R·H, *S) hidden features -> (B, R, L, L, *(S · out_stride)) column-stochastic matrices: the output
