@@ -2,6 +2,7 @@
 
 from .adapters import AllOutputs, StackedOutputs, call_network, unwrap_network
 from .attribute_schedule import LinearAttributeSchedule
+from .distributed import end_process_group
 from .checkpoints import (
     CheckpointError,
     CheckpointResumer,
@@ -43,6 +44,7 @@ __all__ = [
     "Teacher",
     "TrainStep",
     "call_network",
+    "end_process_group",
     "epochs_for_iterations",
     "frozen_modules",
     "latest_checkpoint",
