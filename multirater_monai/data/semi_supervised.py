@@ -8,7 +8,7 @@ import numpy as np
 
 from multirater_monai.constants import CLASS_LABEL, LABEL
 
-__all__ = ["keep_pixel_labels"]
+__all__ = ["keep_pixel_labels", "mixed_sampler", "semi_supervised_datalist"]
 
 
 def keep_pixel_labels(
@@ -38,15 +38,22 @@ def keep_pixel_labels(
     loader = LoadRaterLabelsd(num_classes=num_classes)
     labelled = []
     for item in items:
-        if item.get(CLASS_LABEL) is not None:
+        files = item.get(LABEL)
+        has_pixels = files is not None and any(f is not None for f in files)
+        given = item.get(CLASS_LABEL)
+        if not has_pixels:
+            if given is None:
+                raise ValueError(f"{item.get('image')}: no pixel label and no '{CLASS_LABEL}': image-level labels unknown")
             labelled.append(dict(item))
             continue
-        files = item.get(LABEL)
-        if files is None or all(f is None for f in files):
-            raise ValueError(f"{item.get('image')}: no pixel label and no '{CLASS_LABEL}': image-level labels unknown")
         stacked = loader({LABEL: files})[LABEL]
-        labels = class_labels_from_raters(stacked.as_tensor(), num_classes, rule)
-        labelled.append({**item, CLASS_LABEL: [int(v) for v in labels.tolist()]})
+        derived = [int(v) for v in class_labels_from_raters(stacked.as_tensor(), num_classes, rule).tolist()]
+        if given is not None and [int(v) for v in given] != derived:
+            raise ValueError(
+                f"{item.get('image')}: '{CLASS_LABEL}' {list(given)} contradicts its rater labels, which give "
+                f"{derived} (rule '{rule}')"
+            )
+        labelled.append({**item, CLASS_LABEL: derived})
     has_pixels = [i for i, item in enumerate(labelled) if any(f is not None for f in item.get(LABEL) or [])]
     rng = np.random.default_rng(seed)
     order = [has_pixels[i] for i in rng.permutation(len(has_pixels))]
@@ -61,6 +68,14 @@ def keep_pixel_labels(
             chosen.append(candidate)
     chosen += [i for i in order if i not in chosen][: max(count - len(chosen), 0)]
     kept = set(chosen)
+    present = {c for item in labelled for c in range(1, num_classes) if item[CLASS_LABEL][c]}
+    covered = {c for i in kept for c in range(1, num_classes) if labelled[i][CLASS_LABEL][c]}
+    if present - covered:
+        missing = sorted(present - covered)
+        raise ValueError(
+            f"keeping the pixel labels of {count} image(s) leaves class(es) {missing} without any pixel-labelled "
+            f"image (they are present in the images' image-level labels): keep more images"
+        )
     out = []
     for i, item in enumerate(labelled):
         if i in kept:
@@ -81,3 +96,72 @@ def _count(keep: int | float, total: int) -> int:
     if keep < 1:
         raise ValueError(f"a count to keep must be >= 1, got {keep}.")
     return min(int(keep), total)
+
+
+def semi_supervised_datalist(
+    items: Sequence[dict],
+    keep: int | float | None,
+    num_classes: int,
+    seed: int = 0,
+    allow_unlabelled: bool = False,
+    source: str = "",
+) -> list[dict]:
+    """A bundle's training items with only ``keep`` of them pixel-labelled (its ``pixel_labels`` option).
+
+    ``keep`` None returns ``items`` unchanged. Otherwise :func:`keep_pixel_labels` draws the items that keep
+    their pixel labels; problems (an image with neither pixel nor image-level labels, image-level labels
+    that contradict the rater labels, a class left without any pixel-labelled image) raise one
+    ``ValueError`` naming ``source`` (the datalist) and the image.
+
+    Args:
+        items: a path-resolved datalist section.
+        keep: count (int) or fraction (float in (0, 1]) of items that keep their pixel labels; None: all.
+        num_classes: ``L``.
+        seed: seed of the draw (the same for every arm compared, so all train on the same labelled images).
+        allow_unlabelled: whether the bundle trains on images without pixel labels; ``keep`` needs it.
+        source: the datalist's path, for the error message.
+    """
+    if keep is None:
+        return list(items)
+    where = f"{source}: " if source else ""
+    if not allow_unlabelled:
+        raise ValueError(
+            f"{where}pixel_labels={keep!r} drops pixel labels, but this bundle does not train on images without "
+            f"them (allow_unlabelled is false)"
+        )
+    try:
+        return keep_pixel_labels(items, keep, num_classes, seed=seed)
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
+
+
+def mixed_sampler(items: Sequence[dict], labelled_share: float, num_samples: int | None = None, seed: int = 0):
+    """A sampler whose batches hold pixel-labelled items in the proportion ``labelled_share`` on average.
+
+    The paper of unrolled LRP fills each batch with a mixture of pixel-labelled and image-level-labelled
+    images (about half labelled); its U-Net sees labelled images only (``labelled_share`` 1). Items are
+    drawn with replacement, ``num_samples`` per epoch (default ``len(items)``, so every arm takes as many
+    optimiser steps per epoch). Returns None (the loader's plain shuffling) when every item or none has
+    pixel labels and ``labelled_share`` asks for a mixture.
+
+    Args:
+        items: the training items (``pixel_labelled`` marks the labelled ones, see :func:`keep_pixel_labels`;
+            an item without the mark counts as labelled when it has a label file).
+        labelled_share: expected share of pixel-labelled items in a batch, in [0, 1].
+        num_samples: draws per epoch.
+        seed: seed of the sampler's generator.
+    """
+    import torch
+
+    if not 0.0 <= float(labelled_share) <= 1.0:
+        raise ValueError(f"labelled_share must be in [0, 1], got {labelled_share}.")
+    labelled = [bool(item.get("pixel_labelled", any(f is not None for f in item.get(LABEL) or []))) for item in items]
+    n_labelled = sum(labelled)
+    n_other = len(items) - n_labelled
+    if labelled_share > 0 and n_labelled == 0:
+        raise ValueError("no training item has pixel labels: nothing to sample")
+    if (labelled_share < 1 and n_other == 0) or (labelled_share == 0 and n_labelled == 0):
+        return None
+    weights = [labelled_share / n_labelled if is_labelled else (1.0 - labelled_share) / n_other for is_labelled in labelled]
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.WeightedRandomSampler(weights, num_samples or len(items), replacement=True, generator=generator)

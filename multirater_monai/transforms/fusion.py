@@ -11,7 +11,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from multirater_monai.constants import FUSED_LABEL, LABEL
+from multirater_monai.constants import FUSED_LABEL, LABEL, MISSING_LABEL
 from multirater_monai.fusion import fuse
 
 __all__ = ["FuseRatersd"]
@@ -29,6 +29,9 @@ class FuseRatersd(MapTransform):
         num_classes: number of classes ``L``.
         output_key: where to store the fused label; defaults to ``"fused_label"``.
         hard: one-hot the fused probabilities (argmax) instead of keeping them soft.
+        allow_unlabelled: an image that no rater annotated (semi-supervised data, every channel ``-1``) gets
+            a fused label of zeros (no class has any probability), which the losses leave out through the
+            sample's ``rater_mask``; by default such an image is an error.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class FuseRatersd(MapTransform):
         num_classes: int = 2,
         output_key: str = FUSED_LABEL,
         hard: bool = False,
+        allow_unlabelled: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -47,17 +51,24 @@ class FuseRatersd(MapTransform):
         self.num_classes = num_classes
         self.output_key = output_key
         self.hard = hard
+        self.allow_unlabelled = allow_unlabelled
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             labels = d[key]
             array = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-            try:
-                fused = fuse(array, method=self.method, num_classes=self.num_classes, hard=self.hard)
-            except ValueError as e:
-                name = labels.meta.get("filename_or_obj", "") if isinstance(labels, MetaTensor) else ""
-                raise ValueError(f"{name}: cannot fuse the rater labels ({e})") from e
+            if self.allow_unlabelled and np.all(array == MISSING_LABEL):
+                fused = np.zeros((self.num_classes, *array.shape[1:]), dtype=np.float32)
+            else:
+                fused = self._fuse(array, labels)
             fused_t = torch.as_tensor(fused, dtype=torch.float32)
             d[self.output_key] = MetaTensor(fused_t, meta=dict(labels.meta)) if isinstance(labels, MetaTensor) else fused_t
         return d
+
+    def _fuse(self, array: np.ndarray, labels: Any) -> np.ndarray:
+        try:
+            return fuse(array, method=self.method, num_classes=self.num_classes, hard=self.hard)
+        except ValueError as e:
+            name = labels.meta.get("filename_or_obj", "") if isinstance(labels, MetaTensor) else ""
+            raise ValueError(f"{name}: cannot fuse the rater labels ({e})") from e
