@@ -9,11 +9,13 @@ the process's peak resident set over its size before the first step (CPU) or ``t
 (GPU) over the steps; ``saved MiB`` is what autograd keeps for the backward pass of one step, a memory figure
 that other processes and the allocator do not move.
 Ratios are against ``fused_unet`` of the same dimensionality and number of classes, measured in the
-same run.
+same run, or against ``--reference`` (any bundle spec, e.g. the U-Net with the classifier's encoder of the
+unrolled-LRP comparison).
 
     python benchmarks/bench_train_step.py                      # fused_unet, 2D and 3D, CPU
     python benchmarks/bench_train_step.py --bundles fused_unet --dims 3 --steps 20 --device cuda
     python benchmarks/bench_train_step.py --bundles cmnet cmnet:cm_type=global cmnet:cm_type=low_rank,rank=1
+    python benchmarks/bench_train_step.py --bundles unrolled_lrp --reference unrolled_lrp:architecture=unet
 """
 
 from __future__ import annotations
@@ -37,11 +39,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "results" / "bench_data", help="synthetic sets")
+    parser.add_argument("--reference", default=None, help="bundle spec the ratios are against (default: fused_unet)")
     args = parser.parse_args()
 
-    # every variant is compared with the baseline of the same number of classes
-    classes = {parse_bundle_spec(b)[1].get("num_classes") for b in args.bundles}
-    baselines = ["fused_unet" if c is None else f"fused_unet:num_classes={c}" for c in sorted(classes, key=str)]
+    def reference_of(spec: str) -> str:
+        """Every variant is compared with --reference, or with the baseline of its number of classes."""
+        if args.reference:
+            return args.reference
+        c = parse_bundle_spec(spec)[1].get("num_classes")
+        return "fused_unet" if c is None else f"fused_unet:num_classes={c}"
+
+    baselines = list(dict.fromkeys(reference_of(b) for b in args.bundles))
     bundles = baselines + [b for b in args.bundles if b not in baselines]
     results = []
     for dims in args.dims:
@@ -59,8 +67,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for r in results:
-        c = parse_bundle_spec(r["bundle"])[1].get("num_classes")
-        base_spec = "fused_unet" if c is None else f"fused_unet:num_classes={c}"
+        base_spec = reference_of(r["bundle"]) if r["bundle"] not in baselines else r["bundle"]
         base = next(b for b in results if b["bundle"] == base_spec and b["dims"] == r["dims"])
         shape = f"{r['batch']} x {'x'.join(map(str, r['patch']))}"
         ratio_t = r["step_ms_median"] / base["step_ms_median"]

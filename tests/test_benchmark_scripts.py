@@ -65,3 +65,24 @@ def test_mrprism_step_breakdown_times_every_piece_of_the_bundle_network():
     ups = sum(ms[f"conp {i} up"] for i in range(levels))
     assert abs(ms["floor: encoder + T up paths"] - (ms["encoder"] + result["passes"] * ups)) < 1e-9
     assert result["passes"] == 3 and result["patch"] == [32, 32] and result["batch"] == 2
+
+
+def test_unrolled_lrp_dynamics_logs_each_term_through_both_stages(tmp_path, capsys):
+    module = _load("unrolled_lrp_dynamics")
+    truth = np.zeros((6, 6), dtype=int)
+    truth[1:3, 1:3] = 1
+    pred = truth.copy()
+    pred[1, 1] = 2  # class 1: 3 of 4 pixels, class 2: predicted once, absent from the truth
+    import torch
+
+    assert abs(module.foreground_dice(torch.as_tensor(pred), torch.as_tensor(truth), 3) - (6 / 7 + 0.0) / 2) < 1e-9
+    assert module.foreground_dice(torch.zeros(4, 4), torch.zeros(4, 4), 3) == 1.0
+    sets = [
+        "synthetic#image_size=32", "synthetic#num_train=6", "synthetic#num_val=2", "synthetic#num_test=2",
+        f"dataset_dir={tmp_path / 'data'}", "patch_size=[32,32]", "batch_size=3", "pixel_labels=3",
+    ]
+    rows = module.main(["--pretrain", "2", "--joint", "2", "--every", "2", "--set", *sets])
+    assert [(r["step"], r["stage"]) for r in rows] == [(2, "pretrain"), (4, "joint")]
+    assert np.isnan(rows[0]["segmentation"]) and np.isfinite(rows[1]["segmentation"]) and rows[1]["segmentation"] > 0
+    assert all(0.0 <= r["val_dice"] <= 1.0 and r["heatmap"] > 0 for r in rows)
+    assert "overrides" in capsys.readouterr().out

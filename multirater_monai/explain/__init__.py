@@ -7,9 +7,13 @@ from .confusion_maps import (
     plot_confusion_matrices,
     reliability_map,
 )
+from .heatmaps import ClassScoresd, SaveHeatmapsd, plot_heatmaps
 from .recurrence import RaterAgreementd, SaveRecurrenceFigured, plot_recurrence
 
 __all__ = [
+    "ClassScoresd",
+    "SaveHeatmapsd",
+    "plot_heatmaps",
     "RaterAgreementd",
     "ReliabilityMapd",
     "SaveConfusionFigured",

@@ -18,8 +18,22 @@ from multirater_monai.networks.confusion_heads import (
 from multirater_monai.networks.attention import CrossAttentionStage, SelfAttentionBlock
 from multirater_monai.networks.feature_unet import FeatureUNet
 from multirater_monai.networks.mrprism import DivP, MrPrism, MrPrismOutput
+from multirater_monai.networks.unrolled_lrp import (
+    ARCHITECTURES,
+    DECODER_ACTIVATIONS,
+    ClassifierEncoder,
+    ClassifierUNet,
+    UnrolledLRP,
+    classifier_segmenter,
+)
 
 __all__ = [
+    "ARCHITECTURES",
+    "ClassifierEncoder",
+    "ClassifierUNet",
+    "DECODER_ACTIVATIONS",
+    "UnrolledLRP",
+    "classifier_segmenter",
     "CM_TYPES",
     "CMNet",
     "CMNetAnnotator",
