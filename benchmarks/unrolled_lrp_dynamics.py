@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row = {
                     "step": step,
                     "stage": "pretrain" if pretraining else "joint",
-                    "loss": float(loss),
+                    "loss": loss.item(),
                     "segmentation": terms.get("segmentation", float("nan")),
-                    "classification": terms.get("classification", float(loss) if pretraining else float("nan")),
+                    "classification": terms.get("classification", loss.item() if pretraining else float("nan")),
                     "heatmap": float(outputs["logits"].detach().abs().mean()),
                     "score": float(outputs["class_logits"].detach().abs().mean()),
                     "val_dice": validate(),
