@@ -35,3 +35,13 @@ def test_saved_activations_count_each_storage_once_and_skip_recomputed_ones():
             x.exp()
 
     assert saved_activation_mib(no_grad) == 0.0
+
+
+def test_each_synthetic_layout_gets_its_own_small_set():
+    """A bundle whose synthetic data is a scene (unrolled LRP) and one with nested objects of as many classes
+    must not share a folder: the second would find a set generated with other parameters and stop."""
+    from multirater_monai.benchmark.cost import synthetic_folder_name
+
+    assert synthetic_folder_name(2, 2) == synthetic_folder_name(2, 2, "nested") == "2d_2class"
+    assert synthetic_folder_name(2, 4, "scene") == "2d_4class_scene" != synthetic_folder_name(2, 4)
+    assert synthetic_folder_name(3, 4, "scene") != synthetic_folder_name(2, 4, "scene")

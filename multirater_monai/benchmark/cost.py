@@ -53,6 +53,13 @@ def saved_activation_mib(step: Callable[[], object]) -> float:
     return sum(sizes.values()) / 2**20
 
 
+def synthetic_folder_name(dims: int, num_classes: int, layout: str | None = None) -> str:
+    """Name of the small synthetic set a cost measurement uses: ``2d_2class``, or ``2d_4class_scene`` for a
+    bundle whose synthetic data has another layout than the default ``nested``."""
+    name = f"{dims}d_{num_classes}class"
+    return name if layout in (None, "nested") else f"{name}_{layout}"
+
+
 def measure_train_step(
     spec: str, dims: int, steps: int = 10, warmup: int = 2, device: str = "cpu", data_dir: str | Path = "bench_data",
     root: str | Path | None = None,
@@ -77,7 +84,8 @@ def measure_train_step(
         parser[key] = value
     batch_size = parser.get_parsed_content("batch_size")
     # a small synthetic set in the bundle's own geometry, so that the batch comes from its own pre-processing
-    parser["dataset_dir"] = str(data_dir / f"{dims}d_{parser.get_parsed_content('num_classes')}class")
+    # (one folder per geometry, classes and scene layout: a folder holds one set and refuses other parameters)
+    parser["dataset_dir"] = str(data_dir / synthetic_folder_name(dims, parser.get_parsed_content("num_classes"), parser.get("synthetic#layout")))
     parser["synthetic#num_train"], parser["synthetic#num_val"], parser["synthetic#num_test"] = batch_size, 1, 1
     torch.manual_seed(0)
     trainer = parser.get_parsed_content("train#trainer")
