@@ -11,6 +11,11 @@ from multirater_monai.constants import CLASS_LABEL, LABEL
 __all__ = ["keep_pixel_labels", "mixed_sampler", "semi_supervised_datalist"]
 
 
+def _has_pixel_labels(item: dict) -> bool:
+    """Whether an item has a label file of some rater."""
+    return any(f is not None for f in item.get(LABEL) or [])
+
+
 def keep_pixel_labels(
     items: Sequence[dict], keep: int | float, num_classes: int, seed: int = 0, rule: str = "majority"
 ) -> list[dict]:
@@ -18,9 +23,10 @@ def keep_pixel_labels(
 
     Every item gets ``class_label`` first (kept when the datalist has it, else derived from its rater
     files, :func:`multirater_monai.transforms.class_labels_from_raters`), so the items without pixel labels
-    still carry image-level labels. The kept items are drawn with ``seed`` such that every foreground
-    class present in ``items`` appears in at least one kept item, where ``keep`` allows it (one item per
-    class first, the rest at random). Load the result with ``allow_unlabelled=True``.
+    still carry image-level labels, checked against the rater labels where an item has both. The kept items
+    are drawn with ``seed`` such that every foreground class present in ``items`` appears in at least one kept
+    item (one item per class first, the rest at random); a ``keep`` too small for that is an error. Load the
+    result with ``allow_unlabelled=True``.
 
     Args:
         items: a path-resolved datalist section (:func:`~multirater_monai.data.load_multirater_datalist`).
@@ -38,15 +44,13 @@ def keep_pixel_labels(
     loader = LoadRaterLabelsd(num_classes=num_classes)
     labelled = []
     for item in items:
-        files = item.get(LABEL)
-        has_pixels = files is not None and any(f is not None for f in files)
         given = item.get(CLASS_LABEL)
-        if not has_pixels:
+        if not _has_pixel_labels(item):
             if given is None:
                 raise ValueError(f"{item.get('image')}: no pixel label and no '{CLASS_LABEL}': image-level labels unknown")
             labelled.append(dict(item))
             continue
-        stacked = loader({LABEL: files})[LABEL]
+        stacked = loader({LABEL: item[LABEL]})[LABEL]
         derived = [int(v) for v in class_labels_from_raters(stacked.as_tensor(), num_classes, rule).tolist()]
         if given is not None and [int(v) for v in given] != derived:
             raise ValueError(
@@ -54,7 +58,7 @@ def keep_pixel_labels(
                 f"{derived} (rule '{rule}')"
             )
         labelled.append({**item, CLASS_LABEL: derived})
-    has_pixels = [i for i, item in enumerate(labelled) if any(f is not None for f in item.get(LABEL) or [])]
+    has_pixels = [i for i, item in enumerate(labelled) if _has_pixel_labels(item)]
     rng = np.random.default_rng(seed)
     order = [has_pixels[i] for i in rng.permutation(len(has_pixels))]
     chosen: list[int] = []
@@ -155,7 +159,7 @@ def mixed_sampler(items: Sequence[dict], labelled_share: float, num_samples: int
 
     if not 0.0 <= float(labelled_share) <= 1.0:
         raise ValueError(f"labelled_share must be in [0, 1], got {labelled_share}.")
-    labelled = [bool(item.get("pixel_labelled", any(f is not None for f in item.get(LABEL) or []))) for item in items]
+    labelled = [bool(item.get("pixel_labelled", _has_pixel_labels(item))) for item in items]
     n_labelled = sum(labelled)
     n_other = len(items) - n_labelled
     if labelled_share > 0 and n_labelled == 0:

@@ -176,10 +176,12 @@ class UnrolledLRP(nn.Module):
         self.multiply_input = bool(multiply_input)
 
     def _gate(self, signal: torch.Tensor, pre: torch.Tensor, k: int) -> torch.Tensor:
-        """The unrolled activation: Heaviside of the encoder's pre-activation (repeated for the ``k`` classes
-        of the signal), or a ReLU of the signal."""
+        """The unrolled activation: Heaviside of the encoder's pre-activation, broadcast over the ``k`` classes
+        of the (B·k, ...) signal (the mask is kept once for the backward pass, not once per class), or a ReLU
+        of the signal."""
         if self.tied:
-            return signal * (pre > 0).to(signal.dtype).repeat_interleave(k, dim=0)
+            per_class = signal.reshape([pre.shape[0], k] + list(signal.shape[1:]))
+            return (per_class * (pre > 0).to(signal.dtype).unsqueeze(1)).reshape(signal.shape)
         return F.relu(signal)
 
     def decode(
