@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,3 +87,44 @@ def test_unrolled_lrp_dynamics_logs_each_term_through_both_stages(tmp_path, caps
     assert np.isnan(rows[0]["segmentation"]) and np.isfinite(rows[1]["segmentation"]) and rows[1]["segmentation"] > 0
     assert all(0.0 <= r["val_dice"] <= 1.0 and r["heatmap"] > 0 for r in rows)
     assert "overrides" in capsys.readouterr().out
+
+
+def test_unrolled_lrp_table_scores_segmentation_and_presence():
+    import torch
+
+    module = _load("unrolled_lrp_table")
+    truth = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    truth[0, 0, :2, :2] = 1  # class 1 on 4 pixels, class 2 absent
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[0, 1, :2, :1] = 1.0  # class 1 predicted on 2 of its 4 pixels
+    logits[0, 2, 3, 3] = 1.0  # class 2 predicted on 1 pixel
+
+    class Fixed(torch.nn.Module):
+        def forward_all(self, image):
+            return {"logits": logits, "class_logits": torch.tensor([[0.0, 2.0, 1.0]])}  # says 1 and 2 present
+
+    result = module.evaluate(Fixed(), [{"image": torch.zeros(1, 1, 4, 4), "gt": truth}], 3, "cpu")
+    # background: 11 shared of 14 in the union; class 1: 2 of 4; class 2: 0 of 1
+    assert result["iou"] == pytest.approx([11 / 14, 0.5, 0.0])
+    assert result["miou"] == pytest.approx((11 / 14 + 0.5) / 3)
+    assert result["dice"] == pytest.approx((2 * 2 / 6 + 0.0) / 2)
+    assert result["f1"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 0))  # one true, one false positive
+    assert module.labels_value("all") is None and module.labels_value("0.05") == 0.05 and module.labels_value("3") == 3
+    assert "num_classes" not in module.arm_overrides("unrolled_lrp_unet")
+    with pytest.raises(SystemExit, match="no benchmark arm 'nope'"):
+        module.arm_overrides("nope")
+
+
+@pytest.mark.slow
+def test_unrolled_lrp_table_trains_and_evaluates_one_arm(tmp_path):
+    module = _load("unrolled_lrp_table")
+    sets = [
+        "synthetic#image_size=32", "synthetic#num_train=6", "synthetic#num_val=2", "synthetic#num_test=2",
+        "patch_size=[32,32]", "batch_size=3", "max_epochs=2", "pretrain_epochs=1",
+    ]
+    args = ["--arms", "unrolled_lrp", "--pixel-labels", "3", "--seeds", "0", "--out", str(tmp_path), "--set", *sets]
+    (result,) = module.main(args)
+    assert result["labelled_images"] == 3 and 0.0 <= result["miou"] <= 1.0 and len(result["iou"]) == 4
+    assert result["f1_before"] is not None and 0.0 <= result["f1_after"] <= 1.0
+    assert "| unrolled_lrp | 3 (3) | 1 |" in (tmp_path / "table.md").read_text()
+    assert module.main(args) == [result]  # finished runs are not trained again

@@ -42,6 +42,17 @@ def test_heatmap_is_input_times_gradient_of_the_class_score(dims, bias):
     assert net(x).shape == out["logits"].shape
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_mean_scaled_heatmaps_average_to_the_class_score(dims):
+    x = torch.randn(2, 2, *([8] * dims), dtype=torch.double)
+    summed, mean = _net(dims, bias=False), _net(dims, bias=False, heatmap_scale="mean")
+    out = mean.forward_all(x)
+    torch.testing.assert_close(out["logits"], summed(x) * 8**dims)
+    torch.testing.assert_close(out["logits"].flatten(2).mean(2), out["class_logits"])
+    with pytest.raises(ValueError, match="heatmap_scale must be one of"):
+        _net(2, heatmap_scale="max")
+
+
 def test_without_the_input_multiplication_the_heatmap_is_the_gradient():
     net = _net(2, multiply_input=False)
     x = torch.randn(2, 2, 8, 8, dtype=torch.double, requires_grad=True)
@@ -158,6 +169,30 @@ def test_mixed_sampler_fills_batches_with_the_requested_share_of_labelled_items(
         mixed_sampler([{**i, "pixel_labelled": False} for i in items], 0.5)
     with pytest.raises(ValueError, match="labelled_share"):
         mixed_sampler(items, 1.5)
+    sampler = mixed_sampler(items, 1.0, num_samples=600, seed=0)
+    sampler.set_labelled_share(None)  # classification pre-training: every image alike
+    assert set(sampler) == set(range(len(items)))
+    sampler.set_labelled_share(1.0)
+    assert set(sampler) <= labelled
+
+
+def test_the_unets_classifier_pretrains_on_every_image_and_trains_on_the_labelled_ones(scene, tmp_path):
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser()
+    config.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / "unrolled_lrp" / "configs" / "train.json"))
+    config.update({"datalist": str(scene), "num_raters": 2, "pixel_labels": 3, "labelled_share": 1.0, "mlflow_enabled": False,
+                   "bundle_root": str(tmp_path), "max_epochs": 2, "pretrain_epochs": 1})
+    sampler = config.get_parsed_content("train_sampler")
+    items = config.get_parsed_content("train_datalist")
+    pretrain, joint = config.get_parsed_content("stages")
+    pretrain["on_start"](None)
+    assert sampler.labelled_share is None and len(set(sampler)) > 3
+    joint["on_start"](None)
+    assert sampler.labelled_share == 1.0
+    assert {items[i]["pixel_labelled"] for i in sampler} == {True}
 
 
 def test_fusing_an_unlabelled_image_gives_no_target_only_where_allowed():

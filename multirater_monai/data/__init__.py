@@ -22,4 +22,4 @@ from .datalist import (
     read_geometry,
 )
 from .real import PrepareError, PrepareReport, prepare_dataset
-from .semi_supervised import keep_pixel_labels, mixed_sampler, semi_supervised_datalist
+from .semi_supervised import MixedSampler, keep_pixel_labels, mixed_sampler, semi_supervised_datalist, set_labelled_share

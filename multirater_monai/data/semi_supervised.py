@@ -8,7 +8,7 @@ import numpy as np
 
 from multirater_monai.constants import CLASS_LABEL, LABEL
 
-__all__ = ["keep_pixel_labels", "mixed_sampler", "semi_supervised_datalist"]
+__all__ = ["MixedSampler", "keep_pixel_labels", "mixed_sampler", "semi_supervised_datalist", "set_labelled_share"]
 
 
 def _has_pixel_labels(item: dict) -> bool:
@@ -139,8 +139,66 @@ def semi_supervised_datalist(
         raise ValueError(f"{where}{e}") from None
 
 
-def mixed_sampler(items: Sequence[dict], labelled_share: float, num_samples: int | None = None, seed: int = 0):
-    """A sampler whose batches hold pixel-labelled items in the proportion ``labelled_share`` on average.
+class MixedSampler:
+    """Draws training items with replacement, pixel-labelled ones in the proportion ``labelled_share`` on average.
+
+    A :class:`torch.utils.data.WeightedRandomSampler` whose weights follow :meth:`set_labelled_share`, so that
+    a stage of a schedule can change the mixture: classification pre-training draws every item alike
+    (``None``), the joint stage the configured share. Build it with :func:`mixed_sampler`.
+
+    Args:
+        labelled: one flag per item, whether it has pixel labels.
+        labelled_share: expected share of pixel-labelled items in a batch, in [0, 1]; ``None`` draws every
+            item with the same probability.
+        num_samples: draws per epoch.
+        seed: seed of the sampler's generator.
+    """
+
+    def __init__(self, labelled: Sequence[bool], labelled_share: float | None, num_samples: int, seed: int = 0) -> None:
+        import torch
+
+        self.labelled = [bool(flag) for flag in labelled]
+        self.num_samples = int(num_samples)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.set_labelled_share(labelled_share)
+
+    def set_labelled_share(self, labelled_share: float | None) -> None:
+        """Draw pixel-labelled items in the proportion ``labelled_share`` from now on (``None``: every item alike)."""
+        n_labelled = sum(self.labelled)
+        n_other = len(self.labelled) - n_labelled
+        if labelled_share is None:
+            weights = [1.0] * len(self.labelled)
+        else:
+            share = float(labelled_share)
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"labelled_share must be in [0, 1], got {labelled_share}.")
+            if share > 0 and n_labelled == 0:
+                raise ValueError("no training item has pixel labels: nothing to sample")
+            if share < 1 and n_other == 0:
+                raise ValueError("every training item has pixel labels: labelled_share below 1 cannot be drawn")
+            weights = [share / n_labelled if flag else (1.0 - share) / n_other for flag in self.labelled]
+        self.labelled_share = labelled_share
+        self.weights = weights
+
+    def __iter__(self):
+        import torch
+
+        weights = torch.as_tensor(self.weights, dtype=torch.double)
+        draws = torch.multinomial(weights, self.num_samples, replacement=True, generator=self.generator)
+        return iter(draws.tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def set_labelled_share(sampler: MixedSampler | None, labelled_share: float | None) -> None:
+    """:meth:`MixedSampler.set_labelled_share` for a stage's ``on_start``; nothing when there is no mixed sampler."""
+    if sampler is not None:
+        sampler.set_labelled_share(labelled_share)
+
+
+def mixed_sampler(items: Sequence[dict], labelled_share: float, num_samples: int | None = None, seed: int = 0) -> MixedSampler | None:
+    """A :class:`MixedSampler` whose batches hold pixel-labelled items in the proportion ``labelled_share`` on average.
 
     The paper of unrolled LRP fills each batch with a mixture of pixel-labelled and image-level-labelled
     images (about half labelled); its U-Net sees labelled images only (``labelled_share`` 1). Items are
@@ -155,8 +213,6 @@ def mixed_sampler(items: Sequence[dict], labelled_share: float, num_samples: int
         num_samples: draws per epoch.
         seed: seed of the sampler's generator.
     """
-    import torch
-
     if not 0.0 <= float(labelled_share) <= 1.0:
         raise ValueError(f"labelled_share must be in [0, 1], got {labelled_share}.")
     labelled = [bool(item.get("pixel_labelled", _has_pixel_labels(item))) for item in items]
@@ -166,6 +222,4 @@ def mixed_sampler(items: Sequence[dict], labelled_share: float, num_samples: int
         raise ValueError("no training item has pixel labels: nothing to sample")
     if (labelled_share < 1 and n_other == 0) or (labelled_share == 0 and n_labelled == 0):
         return None
-    weights = [labelled_share / n_labelled if is_labelled else (1.0 - labelled_share) / n_other for is_labelled in labelled]
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.WeightedRandomSampler(weights, num_samples or len(items), replacement=True, generator=generator)
+    return MixedSampler(labelled, labelled_share, num_samples or len(items), seed)

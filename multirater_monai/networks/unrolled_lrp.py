@@ -29,11 +29,24 @@ from monai.networks.blocks import Convolution, UpSample
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "ClassifierEncoder", "ClassifierUNet", "DECODER_ACTIVATIONS", "UnrolledLRP", "classifier_segmenter"]
+__all__ = [
+    "ARCHITECTURES",
+    "ClassifierEncoder",
+    "ClassifierUNet",
+    "DECODER_ACTIVATIONS",
+    "HEATMAP_SCALES",
+    "UnrolledLRP",
+    "classifier_segmenter",
+]
 
 DECODER_ACTIVATIONS = ("tied", "relu")
 """Activations of the unrolled decoder: ``"tied"`` (Heaviside of the encoder's pre-activations, the
 paper's method) or ``"relu"`` (a standard ReLU on the decoder's own signal: the paper's WS-AE ablation)."""
+
+HEATMAP_SCALES = ("sum", "mean")
+"""How the heatmaps relate to the class scores: ``"sum"`` (LRP-0 as in the paper: without biases a class's
+heatmap sums to its score) or ``"mean"`` (the same heatmap times the number of input pixels: its mean is the
+score, so heatmap logits are of the order of the scores whatever the image size)."""
 
 
 class ClassifierEncoder(nn.Module):
@@ -149,6 +162,9 @@ class UnrolledLRP(nn.Module):
         multiply_input: end with the multiplication by the input (LRP-0 = input × gradient, the paper's
             section 2.2.5); False stops one step earlier, at the gradient of the class score with respect to
             the input (summed over the input channels), as the authors' code does by default.
+        heatmap_scale: ``"sum"`` (the paper's LRP-0) or ``"mean"`` (× the number of input pixels), see
+            :data:`HEATMAP_SCALES`. A constant factor: the arg-max, the sign and the shape of every heatmap are
+            unchanged; only the softmax's temperature during training differs.
     """
 
     def __init__(
@@ -162,8 +178,11 @@ class UnrolledLRP(nn.Module):
         decoder_activation: str = "tied",
         class_chunk: int | None = None,
         multiply_input: bool = True,
+        heatmap_scale: str = "sum",
     ) -> None:
         super().__init__()
+        if heatmap_scale not in HEATMAP_SCALES:
+            raise ValueError(f"heatmap_scale must be one of {HEATMAP_SCALES}, got {heatmap_scale!r}.")
         if decoder_activation not in DECODER_ACTIVATIONS:
             raise ValueError(f"decoder_activation must be one of {DECODER_ACTIVATIONS}, got {decoder_activation!r}.")
         if class_chunk is not None and class_chunk < 1:
@@ -174,6 +193,7 @@ class UnrolledLRP(nn.Module):
         self.tied = decoder_activation == "tied"
         self.class_chunk = num_classes if class_chunk is None else int(class_chunk)
         self.multiply_input = bool(multiply_input)
+        self.mean_scaled = heatmap_scale == "mean"
 
     def _gate(self, signal: torch.Tensor, pre: torch.Tensor, k: int) -> torch.Tensor:
         """The unrolled activation: Heaviside of the encoder's pre-activation, broadcast over the ``k`` classes
@@ -219,6 +239,8 @@ class UnrolledLRP(nn.Module):
         signal = signal.reshape([batch, k] + list(signal.shape[1:]))
         if self.multiply_input:
             signal = signal * image.unsqueeze(1)
+        if self.mean_scaled:
+            signal = signal * float(image[0, 0].numel())
         return signal.sum(2)
 
     def forward_all(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -301,15 +323,16 @@ def classifier_segmenter(
     decoder_activation: str = "tied",
     class_chunk: int | None = None,
     multiply_input: bool = True,
+    heatmap_scale: str = "sum",
 ) -> nn.Module:
     """The network of the unrolled-LRP bundle: ``"unrolled_lrp"`` (:class:`UnrolledLRP`, with
-    ``decoder_activation``, ``class_chunk`` and ``multiply_input``) or ``"unet"`` (:class:`ClassifierUNet`, same encoder and
+    ``decoder_activation``, ``class_chunk``, ``multiply_input`` and ``heatmap_scale``) or ``"unet"`` (:class:`ClassifierUNet`, same encoder and
     classifier head; the two decoder options do not apply to it). Both keep the encoder under ``encoder.``,
     so a pre-trained classifier loads into either."""
     if architecture == "unrolled_lrp":
         return UnrolledLRP(
             spatial_dims, in_channels, num_classes, channels, convs_per_level, bias, decoder_activation, class_chunk,
-            multiply_input,
+            multiply_input, heatmap_scale,
         )
     if architecture == "unet":
         return ClassifierUNet(spatial_dims, in_channels, num_classes, channels, convs_per_level, bias)
