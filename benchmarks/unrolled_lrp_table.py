@@ -130,7 +130,7 @@ def run_job(arm: str, labels: str, seed: int, out: Path, data: Path, overrides: 
     device = train.get_parsed_content("device")
     num_classes = int(train.get_parsed_content("num_classes"))
     loader = test.get_parsed_content("validate#dataloader")
-    pretrain_epochs = min(int(train.get_parsed_content("pretrain_epochs")), int(train.get_parsed_content("max_epochs")))
+    pretrain_epochs = int(train.get_parsed_content("stages#0#epochs"))
     before: dict = {}
     if pretrain_epochs:
         trainer.add_event_handler(
