@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "unrolled_lrp_table")
     parser.add_argument("--data", type=Path, default=None, help="the synthetic scenes (default: under --out)")
     parser.add_argument("--set", nargs="*", default=[], metavar="ID=VALUE", help="config overrides for every arm")
+    parser.add_argument("--report-only", action="store_true", help="print the table of the finished runs, train nothing")
     parser.add_argument("--job", nargs=3, metavar=("ARM", "LABELS", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     data = args.data or args.out / "data"
@@ -208,10 +209,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for arm in args.arms:
         arm_overrides(arm)
     jobs = [(a, lab, s) for lab in args.pixel_labels for s in args.seeds for a in args.arms]
-    todo = [j for j in jobs if not (args.out / f"{j[0]}_{j[1]}_s{j[2]}.json").exists()]
+    todo = [] if args.report_only else [j for j in jobs if not (args.out / f"{j[0]}_{j[1]}_s{j[2]}.json").exists()]
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     start = time.time()
-    print(f"{len(jobs)} runs, {len(jobs) - len(todo)} done before, {args.jobs} at once, {threads} thread(s) each", flush=True)
+    if not args.report_only:
+        print(f"{len(jobs)} runs, {len(jobs) - len(todo)} done before, {args.jobs} at once, {threads} thread(s) each", flush=True)
 
     def launch(job: tuple[str, str, int]) -> None:
         arm, labels, seed = job

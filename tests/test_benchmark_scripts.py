@@ -128,3 +128,5 @@ def test_unrolled_lrp_table_trains_and_evaluates_one_arm(tmp_path):
     assert result["f1_before"] is not None and 0.0 <= result["f1_after"] <= 1.0
     assert "| unrolled_lrp | 3 (3) | 1 |" in (tmp_path / "table.md").read_text()
     assert module.main(args) == [result]  # finished runs are not trained again
+    report = ["--arms", "unrolled_lrp", "--pixel-labels", "3", "--seeds", "0", "1", "--report-only", "--out", str(tmp_path)]
+    assert module.main(report) == [result]  # seed 1 has not run, and --report-only does not run it

@@ -116,6 +116,17 @@ def test_networks_script_and_share_the_encoder_names(architecture, dims):
         net(torch.randn(1, 1, *([9] * dims)))
 
 
+def test_unet_and_unrolled_lrp_leave_the_generator_alike_so_they_pretrain_the_same_classifier():
+    states, encoders = [], []
+    for architecture in ("unrolled_lrp", "unet"):
+        torch.manual_seed(7)
+        net = classifier_segmenter(architecture, 2, 1, 4, channels=(4, 8))
+        states.append(torch.get_rng_state())
+        encoders.append(net.encoder.state_dict())
+    assert torch.equal(states[0], states[1])  # the data order and augmentations drawn next are the same
+    assert all(torch.equal(encoders[0][k], encoders[1][k]) for k in encoders[0])
+
+
 def test_unet_has_a_free_decoder():
     net = ClassifierUNet(2, 1, 3, channels=(4, 8, 16))
     decoder = [n for n, _ in net.named_parameters() if not n.startswith("encoder.")]

@@ -283,15 +283,19 @@ class ClassifierUNet(nn.Module):
         chans = self.encoder.channels
         self.ups = nn.ModuleList()
         self.blocks = nn.ModuleList()
-        for level in range(len(chans) - 1, 0, -1):
-            c_deep, c_skip = chans[level], chans[level - 1]
-            self.ups.append(UpSample(spatial_dims, c_deep, c_skip, scale_factor=2, mode="deconv"))
-            convs = [
-                Convolution(spatial_dims, 2 * c_skip if j == 0 else c_skip, c_skip, kernel_size=3, norm="batch", act="relu")
-                for j in range(convs_per_level)
-            ]
-            self.blocks.append(nn.Sequential(*convs))
-        self.head = Conv[Conv.CONV, spatial_dims](chans[0], num_classes, kernel_size=1)
+        # the decoder's initialisation leaves the global generator where the encoder's left it: with one seed,
+        # everything drawn after the network (data order, augmentations) is that of UnrolledLRP, so both
+        # pre-train the same classifier, as the paper's comparison requires
+        with torch.random.fork_rng(devices=[]):
+            for level in range(len(chans) - 1, 0, -1):
+                c_deep, c_skip = chans[level], chans[level - 1]
+                self.ups.append(UpSample(spatial_dims, c_deep, c_skip, scale_factor=2, mode="deconv"))
+                convs = [
+                    Convolution(spatial_dims, 2 * c_skip if j == 0 else c_skip, c_skip, kernel_size=3, norm="batch", act="relu")
+                    for j in range(convs_per_level)
+                ]
+                self.blocks.append(nn.Sequential(*convs))
+            self.head = Conv[Conv.CONV, spatial_dims](chans[0], num_classes, kernel_size=1)
 
     def forward_all(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, C, *S) -> ``{"logits": (B, L, *S), "class_logits": (B, L)}``."""
