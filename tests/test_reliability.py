@@ -21,7 +21,7 @@ from monai.transforms import Compose, RandFlipd, RandSpatialCropd
 from monai.utils import set_determinism
 
 from multirater_monai.bundle_utils import check_outputs_free, flag, tracking_enabled
-from multirater_monai.data import DatalistError, check_datalist, list_images
+from multirater_monai.data import DatalistError, MixedSampler, check_datalist, list_images
 from multirater_monai.engines import (
     BestModelSaver,
     CheckpointError,
@@ -225,16 +225,18 @@ def test_a_model_file_that_is_missing_truncated_or_of_another_network_is_named(t
 # 9. an interrupted and resumed run gives the weights of the uninterrupted one
 
 
-def _exact_run(tmp_path, max_epochs, resume=False, stop=None):
-    """A fresh 'process': seeded, random crops and flips, shuffled loader, two stages, checkpoint every epoch."""
+def _exact_run(tmp_path, max_epochs, resume=False, stop=None, mixed=False):
+    """A fresh 'process': seeded, random crops and flips, shuffled loader (or the semi-supervised sampler with a
+    generator of its own, ``mixed``), two stages, checkpoint every epoch."""
     set_determinism(seed=0)
     data = [{"image": np.random.RandomState(i).rand(1, 8, 8).astype(np.float32), "target": np.full((1, 4, 4), i, np.float32)} for i in range(6)]
     transform = Compose([RandSpatialCropd(["image"], roi_size=(4, 4), random_size=False), RandFlipd(["image"], prob=0.5, spatial_axis=0)])
-    loader = DataLoader(CacheDataset(data, transform, progress=False), batch_size=2, shuffle=True)
+    sampler = MixedSampler([i % 3 == 0 for i in range(6)], 0.5, 6, seed=0) if mixed else None
+    loader = DataLoader(CacheDataset(data, transform, progress=False), batch_size=2, shuffle=not mixed, sampler=sampler)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 1, 1))
     schedule = MultiStageSchedule([{"name": "a", "epochs": 2}, {"name": "b", "epochs": max_epochs - 2, "trainable": ["2."]}], net)
     trainer = _trainer(net, loader, max_epochs, lr=0.05, schedule=schedule)
-    state = {"network": net, "optimizer": trainer.optimizer, "trainer": trainer, "schedule": schedule, "rng": RandomStates(transform)}
+    state = {"network": net, "optimizer": trainer.optimizer, "trainer": trainer, "schedule": schedule, "rng": RandomStates(transform, sampler)}
     if resume:
         CheckpointResumer(tmp_path, state).attach(trainer)
     TrainingCheckpointer(tmp_path, state).attach(trainer)
@@ -253,11 +255,12 @@ def _exact_run(tmp_path, max_epochs, resume=False, stop=None):
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
+@pytest.mark.parametrize("mixed", [False, True], ids=["shuffled", "mixed-sampler"])
 @pytest.mark.parametrize("stop", [(2, 3), (3, 2)], ids=["epoch-boundary", "mid-epoch"])
-def test_interrupted_and_resumed_run_gives_the_same_weights(tmp_path, stop):
-    reference = _exact_run(tmp_path / "reference", 5)
-    _exact_run(tmp_path / "run", 5, stop=stop)  # interrupted after the last iteration of epoch 2, or within epoch 3
-    resumed = _exact_run(tmp_path / "run", 5, resume=True)
+def test_interrupted_and_resumed_run_gives_the_same_weights(tmp_path, stop, mixed):
+    reference = _exact_run(tmp_path / "reference", 5, mixed=mixed)
+    _exact_run(tmp_path / "run", 5, stop=stop, mixed=mixed)  # interrupted after the last iteration of epoch 2, or within epoch 3
+    resumed = _exact_run(tmp_path / "run", 5, resume=True, mixed=mixed)
     for key in reference:
         assert torch.equal(reference[key], resumed[key]), key
 

@@ -175,7 +175,9 @@ def test_mixed_sampler_fills_batches_with_the_requested_share_of_labelled_items(
     half = list(mixed_sampler(items, 0.5, num_samples=4000, seed=0))
     assert abs(sum(i in labelled for i in half) / 4000 - 0.5) < 0.03  # 3 of 12 items, half of every batch
     assert list(mixed_sampler(items, 0.5, num_samples=50, seed=0)) == list(mixed_sampler(items, 0.5, num_samples=50, seed=0))
-    assert mixed_sampler([{**i, "pixel_labelled": True} for i in items], 0.5) is None  # nothing to mix
+    everything = [{**i, "pixel_labelled": True} for i in items]  # nothing to mix: every item alike, whatever the share
+    assert list(mixed_sampler(everything, 0.5, num_samples=50, seed=0)) == list(mixed_sampler(everything, 1.0, num_samples=50, seed=0))
+    assert set(mixed_sampler(everything, 0.5, num_samples=600, seed=0)) == set(range(len(items)))
     with pytest.raises(ValueError, match="no training item has pixel labels"):
         mixed_sampler([{**i, "pixel_labelled": False} for i in items], 0.5)
     with pytest.raises(ValueError, match="labelled_share"):

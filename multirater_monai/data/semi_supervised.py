@@ -151,7 +151,8 @@ class MixedSampler:
         labelled_share: expected share of pixel-labelled items in a batch, in [0, 1]; ``None`` draws every
             item with the same probability.
         num_samples: draws per epoch.
-        seed: seed of the sampler's generator.
+        seed: seed of the sampler's own generator, whose state :meth:`state_dict` gives to the training
+            checkpoints (``RandomStates``), so that a resumed run draws what the uninterrupted one did.
     """
 
     def __init__(self, labelled: Sequence[bool], labelled_share: float | None, num_samples: int, seed: int = 0) -> None:
@@ -166,16 +167,12 @@ class MixedSampler:
         """Draw pixel-labelled items in the proportion ``labelled_share`` from now on (``None``: every item alike)."""
         n_labelled = sum(self.labelled)
         n_other = len(self.labelled) - n_labelled
-        if labelled_share is None:
+        if labelled_share is not None and not 0.0 <= float(labelled_share) <= 1.0:
+            raise ValueError(f"labelled_share must be in [0, 1], got {labelled_share}.")
+        if labelled_share is None or n_labelled == 0 or n_other == 0:  # nothing to mix
             weights = [1.0] * len(self.labelled)
         else:
             share = float(labelled_share)
-            if not 0.0 <= share <= 1.0:
-                raise ValueError(f"labelled_share must be in [0, 1], got {labelled_share}.")
-            if share > 0 and n_labelled == 0:
-                raise ValueError("no training item has pixel labels: nothing to sample")
-            if share < 1 and n_other == 0:
-                raise ValueError("every training item has pixel labels: labelled_share below 1 cannot be drawn")
             weights = [share / n_labelled if flag else (1.0 - share) / n_other for flag in self.labelled]
         self.labelled_share = labelled_share
         self.weights = weights
@@ -190,6 +187,13 @@ class MixedSampler:
     def __len__(self) -> int:
         return self.num_samples
 
+    def state_dict(self) -> dict:
+        """The generator's state (the draws to come)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
 
 def set_labelled_share(sampler: MixedSampler | None, labelled_share: float | None) -> None:
     """:meth:`MixedSampler.set_labelled_share` for a stage's ``on_start``; nothing when there is no mixed sampler."""
@@ -197,14 +201,15 @@ def set_labelled_share(sampler: MixedSampler | None, labelled_share: float | Non
         sampler.set_labelled_share(labelled_share)
 
 
-def mixed_sampler(items: Sequence[dict], labelled_share: float, num_samples: int | None = None, seed: int = 0) -> MixedSampler | None:
+def mixed_sampler(items: Sequence[dict], labelled_share: float, num_samples: int | None = None, seed: int = 0) -> MixedSampler:
     """A :class:`MixedSampler` whose batches hold pixel-labelled items in the proportion ``labelled_share`` on average.
 
     The paper of unrolled LRP fills each batch with a mixture of pixel-labelled and image-level-labelled
     images (about half labelled); its U-Net sees labelled images only (``labelled_share`` 1). Items are
     drawn with replacement, ``num_samples`` per epoch (default ``len(items)``, so every arm takes as many
-    optimiser steps per epoch). Returns None (the loader's plain shuffling) when every item or none has
-    pixel labels and ``labelled_share`` asks for a mixture.
+    optimiser steps per epoch). When every item has pixel labels there is nothing to mix: every item is drawn
+    alike, as in the classification pre-training, so that arms of different ``labelled_share`` see the same
+    draws.
 
     Args:
         items: the training items (``pixel_labelled`` marks the labelled ones, see :func:`keep_pixel_labels`;
@@ -217,9 +222,6 @@ def mixed_sampler(items: Sequence[dict], labelled_share: float, num_samples: int
         raise ValueError(f"labelled_share must be in [0, 1], got {labelled_share}.")
     labelled = [bool(item.get("pixel_labelled", _has_pixel_labels(item))) for item in items]
     n_labelled = sum(labelled)
-    n_other = len(items) - n_labelled
     if labelled_share > 0 and n_labelled == 0:
         raise ValueError("no training item has pixel labels: nothing to sample")
-    if (labelled_share < 1 and n_other == 0) or (labelled_share == 0 and n_labelled == 0):
-        return None
     return MixedSampler(labelled, labelled_share, num_samples or len(items), seed)

@@ -225,15 +225,19 @@ class RandomStates:
 
     Holds the global torch (and CUDA) generator, NumPy's and Python's global generators, and the generator
     of every random MONAI transform in ``transform`` (e.g. the training pre-processing), found through
-    ``Compose.transforms`` recursively. Restored at resume, they make the data order, the augmentations and
-    the initialisation of the following epochs those of the uninterrupted run.
+    ``Compose.transforms`` recursively, and that of a sampler with its own generator (``state_dict``, e.g.
+    :class:`~multirater_monai.data.MixedSampler`). Restored at resume, they make the data order, the
+    augmentations and the initialisation of the following epochs those of the uninterrupted run.
 
     Args:
         transform: a transform or ``Compose`` whose random transforms are included; None for the globals only.
+        sampler: the training loader's sampler when it has a state of its own (None: the loader shuffles
+            with the global generator).
     """
 
-    def __init__(self, transform: Any = None) -> None:
+    def __init__(self, transform: Any = None, sampler: Any = None) -> None:
         self.transforms = _random_transforms(transform)
+        self.sampler = sampler if hasattr(sampler, "state_dict") else None
 
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -244,6 +248,8 @@ class RandomStates:
         }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
+        if self.sampler is not None:
+            state["sampler"] = self.sampler.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -255,6 +261,10 @@ class RandomStates:
         random.setstate(state["python"])
         for t, s in zip(self.transforms, saved):
             t.R.set_state(s)
+        if self.sampler is not None:
+            if "sampler" not in state:
+                raise ValueError("the checkpoint holds no state of the training sampler, which this run draws with")
+            self.sampler.load_state_dict(state["sampler"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in state["cuda"]])
 
