@@ -8,12 +8,12 @@ and ``--joint`` steps of the bundle's combined loss, printing one line every ``-
 
 ``|heatmap|`` is the mean absolute heatmap logit of the last batch (the softmax needs magnitudes of order 1
 to separate classes), ``|score|`` the mean absolute class score, ``val_dice`` the mean foreground Dice of the
-arg-max on the validation split against the truth. It is the measurement behind "Measured so far" in
+arg-max on the validation split against the truth. It is the measurement behind "Training dynamics" in
 ``bundles/unrolled_lrp/docs/README.md``:
 
-    python benchmarks/unrolled_lrp_dynamics.py --pretrain 150 --joint 400
-    python benchmarks/unrolled_lrp_dynamics.py --pretrain 150 --joint 400 --set multiply_input=False
-    python benchmarks/unrolled_lrp_dynamics.py --pretrain 0 --joint 300 --set classification_weight=0.0
+    python benchmarks/unrolled_lrp_dynamics.py --pretrain 150 --joint 2850 --every 250 --set heatmap_scale=sum
+    python benchmarks/unrolled_lrp_dynamics.py --pretrain 130 --joint 520 --every 65
+    python benchmarks/unrolled_lrp_dynamics.py --pretrain 130 --joint 520 --every 65 --set multiply_input=False
 """
 
 from __future__ import annotations
