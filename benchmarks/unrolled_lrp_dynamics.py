@@ -19,20 +19,14 @@ arg-max on the validation split against the truth. It is the measurement behind 
 from __future__ import annotations
 
 import argparse
-import ast
 import time
 from pathlib import Path
 
 import torch
 
+from multirater_monai.bundle_utils import parse_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def foreground_dice(pred: torch.Tensor, truth: torch.Tensor, num_classes: int) -> float:
@@ -62,9 +56,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config.read_config(args.config)
     config["mlflow_enabled"] = False
     config["bundle_root"] = str(Path(args.config).resolve().parents[1])
-    for item in args.set:
-        key, _, text = item.partition("=")
-        config[key] = _value(text)
+    config.update(parse_overrides(args.set))
     torch.manual_seed(args.seed)
     loader = config.get_parsed_content("train#dataloader")
     val_loader = config.get_parsed_content("validate#dataloader")

@@ -25,7 +25,6 @@ printed and written to ``--out/table.md``. The measurement behind ``bundles/unro
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import statistics
@@ -35,16 +34,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from multirater_monai.bundle_utils import parse_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "unrolled_lrp"
 DEFAULT_ARMS = ["unrolled_lrp", "unrolled_lrp_unet", "unrolled_lrp_multitask_unet"]
-
-
-def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def arm_overrides(arm: str) -> dict:
@@ -57,7 +51,7 @@ def arm_overrides(arm: str) -> dict:
 
 def labels_value(text: str):
     """``all`` -> None (every image keeps its pixel labels), else the count or fraction."""
-    return None if text == "all" else _value(text)
+    return None if text == "all" else json.loads(text)
 
 
 def evaluate(network, loader, num_classes: int, device) -> dict:
@@ -110,10 +104,8 @@ def run_job(arm: str, labels: str, seed: int, out: Path, data: Path, overrides: 
         "seed": seed,
         "pixel_labels": labels_value(labels),
         "overwrite_model": True,
+        **parse_overrides(overrides),
     }
-    for item in overrides:
-        key, _, text = item.partition("=")
-        settings[key] = _value(text)
 
     def parser(files: list[Path]) -> ConfigParser:
         config = ConfigParser()
@@ -155,10 +147,7 @@ def prepare_data(data: Path, overrides: list[str]) -> None:
 
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "train.json"))
-    config.update({"dataset_dir": str(data), "bundle_root": str(BUNDLE)})
-    for item in overrides:
-        key, _, text = item.partition("=")
-        config[key] = _value(text)
+    config.update({"dataset_dir": str(data), "bundle_root": str(BUNDLE), **parse_overrides(overrides)})
     config.get_parsed_content("datalist")
 
 

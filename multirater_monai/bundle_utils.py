@@ -8,7 +8,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +74,20 @@ def parse_bundle_spec(spec: str) -> tuple[str, dict]:
     as ``--key value`` on the ``monai.bundle`` command line takes them.
     """
     bundle, _, rest = spec.partition(":")
+    return bundle, parse_overrides(filter(None, re.split(r",(?=[\w#]+=)", rest)))
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict:
+    """``["key=value", ...]`` (config ids, e.g. a script's ``--set``) -> ``{key: value}``, the values read as
+    JSON where they parse, else kept as strings."""
     overrides = {}
-    for pair in filter(None, re.split(r",(?=[\w#]+=)", rest)):
+    for pair in pairs:
         key, _, value = pair.partition("=")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    return bundle, overrides
+    return overrides
 
 
 def flag(value: Any, name: str) -> bool:

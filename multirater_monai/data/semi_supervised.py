@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from multirater_monai.constants import CLASS_LABEL, LABEL
 
@@ -139,7 +140,7 @@ def semi_supervised_datalist(
         raise ValueError(f"{where}{e}") from None
 
 
-class MixedSampler:
+class MixedSampler(torch.utils.data.WeightedRandomSampler):
     """Draws training items with replacement, pixel-labelled ones in the proportion ``labelled_share`` on average.
 
     A :class:`torch.utils.data.WeightedRandomSampler` whose weights follow :meth:`set_labelled_share`, so that
@@ -156,11 +157,8 @@ class MixedSampler:
     """
 
     def __init__(self, labelled: Sequence[bool], labelled_share: float | None, num_samples: int, seed: int = 0) -> None:
-        import torch
-
         self.labelled = [bool(flag) for flag in labelled]
-        self.num_samples = int(num_samples)
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__([1.0] * len(self.labelled), int(num_samples), replacement=True, generator=torch.Generator().manual_seed(seed))
         self.set_labelled_share(labelled_share)
 
     def set_labelled_share(self, labelled_share: float | None) -> None:
@@ -175,17 +173,7 @@ class MixedSampler:
             share = float(labelled_share)
             weights = [share / n_labelled if flag else (1.0 - share) / n_other for flag in self.labelled]
         self.labelled_share = labelled_share
-        self.weights = weights
-
-    def __iter__(self):
-        import torch
-
-        weights = torch.as_tensor(self.weights, dtype=torch.double)
-        draws = torch.multinomial(weights, self.num_samples, replacement=True, generator=self.generator)
-        return iter(draws.tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
 
     def state_dict(self) -> dict:
         """The generator's state (the draws to come)."""
@@ -218,10 +206,8 @@ def mixed_sampler(items: Sequence[dict], labelled_share: float, num_samples: int
         num_samples: draws per epoch.
         seed: seed of the sampler's generator.
     """
-    if not 0.0 <= float(labelled_share) <= 1.0:
-        raise ValueError(f"labelled_share must be in [0, 1], got {labelled_share}.")
     labelled = [bool(item.get("pixel_labelled", _has_pixel_labels(item))) for item in items]
-    n_labelled = sum(labelled)
-    if labelled_share > 0 and n_labelled == 0:
+    sampler = MixedSampler(labelled, labelled_share, num_samples or len(items), seed)  # checks the share's range
+    if labelled_share > 0 and not any(labelled):
         raise ValueError("no training item has pixel labels: nothing to sample")
-    return MixedSampler(labelled, labelled_share, num_samples or len(items), seed)
+    return sampler

@@ -331,7 +331,7 @@ def classifier_segmenter(
 ) -> nn.Module:
     """The network of the unrolled-LRP bundle: ``"unrolled_lrp"`` (:class:`UnrolledLRP`, with
     ``decoder_activation``, ``class_chunk``, ``multiply_input`` and ``heatmap_scale``) or ``"unet"`` (:class:`ClassifierUNet`, same encoder and
-    classifier head; the two decoder options do not apply to it). Both keep the encoder under ``encoder.``,
+    classifier head; the decoder options do not apply to it). Both keep the encoder under ``encoder.``,
     so a pre-trained classifier loads into either."""
     if architecture == "unrolled_lrp":
         return UnrolledLRP(
