@@ -45,3 +45,7 @@ def test_each_synthetic_layout_gets_its_own_small_set():
     assert synthetic_folder_name(2, 2) == synthetic_folder_name(2, 2, "nested") == "2d_2class"
     assert synthetic_folder_name(2, 4, "scene") == "2d_4class_scene" != synthetic_folder_name(2, 4)
     assert synthetic_folder_name(3, 4, "scene") != synthetic_folder_name(2, 4, "scene")
+    default = {"raters": ["good", "over", "under", "wrong", "blank"], "labels_per_image": None, "seed": 0}
+    assert synthetic_folder_name(2, 2, None, default) == "2d_2class"
+    tax = {"raters": ["dilated", "eroded", "simplified", "none"], "labels_per_image": 1, "scanners": True}
+    assert synthetic_folder_name(2, 2, None, tax).startswith("2d_2class_") and synthetic_folder_name(2, 2, None, tax) != synthetic_folder_name(2, 2, None, {**tax, "assignment": "scanner"})

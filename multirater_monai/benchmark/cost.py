@@ -15,11 +15,13 @@ during one step (the activations a step keeps; recomputed ones, under activation
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
 import statistics
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable
 
 from multirater_monai.bundle_utils import parse_bundle_spec
@@ -53,11 +55,21 @@ def saved_activation_mib(step: Callable[[], object]) -> float:
     return sum(sizes.values()) / 2**20
 
 
-def synthetic_folder_name(dims: int, num_classes: int, layout: str | None = None) -> str:
+def synthetic_folder_name(dims: int, num_classes: int, layout: str | None = None, synthetic: Mapping | None = None) -> str:
     """Name of the small synthetic set a cost measurement uses: ``2d_2class``, or ``2d_4class_scene`` for a
-    bundle whose synthetic data has another layout than the default ``nested``."""
+    bundle whose synthetic data has another layout than the default ``nested``; a bundle whose generator
+    arguments differ otherwise from the defaults (``synthetic``: its raters, labels per image, scanners,
+    assignment) gets a suffix of their hash, since a folder holds one set and refuses other parameters."""
+    from multirater_monai.transforms.raters import DEFAULT_RATERS
+
     name = f"{dims}d_{num_classes}class"
-    return name if layout in (None, "nested") else f"{name}_{layout}"
+    name = name if layout in (None, "nested") else f"{name}_{layout}"
+    defaults = {"raters": list(DEFAULT_RATERS), "labels_per_image": None, "scanners": False, "assignment": "random"}
+    given = {k: (list(v) if k == "raters" else v) for k, v in (synthetic or {}).items() if k in defaults}
+    extra = {k: v for k, v in sorted(given.items()) if v != defaults[k]}
+    if extra:
+        name += "_" + hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
+    return name
 
 
 def measure_train_step(
@@ -85,14 +97,17 @@ def measure_train_step(
     batch_size = parser.get_parsed_content("batch_size")
     # a small synthetic set in the bundle's own geometry, so that the batch comes from its own pre-processing
     # (one folder per geometry, classes and scene layout: a folder holds one set and refuses other parameters)
-    parser["dataset_dir"] = str(data_dir / synthetic_folder_name(dims, parser.get_parsed_content("num_classes"), parser.get("synthetic#layout")))
+    synthetic = parser.get_parsed_content("synthetic")
+    parser["dataset_dir"] = str(data_dir / synthetic_folder_name(dims, parser.get_parsed_content("num_classes"), synthetic.get("layout"), synthetic))
     parser["synthetic#num_train"], parser["synthetic#num_val"], parser["synthetic#num_test"] = batch_size, 1, 1
     torch.manual_seed(0)
     trainer = parser.get_parsed_content("train#trainer")
     batch = next(iter(trainer.data_loader))
     schedule = trainer.schedule
-    if schedule is not None:  # the main stage: the last one with epochs
-        schedule.enter(trainer, schedule.epoch_stages[-1])
+    if schedule is not None:  # the main stage: the last one with epochs, after the actions before it (a teacher captured)
+        last = schedule.epoch_stages[-1]
+        schedule.run_actions(trainer, schedule.starts[last.name])
+        schedule.enter(trainer, last)
     trainer.state.iteration, trainer.state.epoch = 1, 1
 
     def step() -> None:

@@ -21,5 +21,6 @@ from .datalist import (
     read_datalist,
     read_geometry,
 )
+from .rater_subsets import keep_raters
 from .real import PrepareError, PrepareReport, prepare_dataset
 from .semi_supervised import MixedSampler, keep_pixel_labels, mixed_sampler, semi_supervised_datalist, set_labelled_share

@@ -49,6 +49,8 @@ __all__ = [
     "DEFAULT_SPLIT_SIZES",
     "make_synthetic_image",
     "assign_raters",
+    "ASSIGNMENTS",
+    "scanner_stripes",
     "synthetic_parameters",
     "generate_synthetic_dataset",
     "ensure_synthetic_dataset",
@@ -68,7 +70,7 @@ lesions vanish), and a reader who misses half of the lesions."""
 LESION_FRACTION = (0.002, 0.01)
 """Range of the lesion's share of the image's voxels in the ``"lesion"`` layout."""
 
-PARAMETER_DEFAULTS: dict[str, Any] = {"layout": "nested"}
+PARAMETER_DEFAULTS: dict[str, Any] = {"layout": "nested", "scanners": False, "assignment": "random"}
 """Generation parameters added after version 1, with the values that reproduce datasets written before them
 (a dataset on disk without the entry was generated with this value)."""
 
@@ -85,6 +87,14 @@ _SPLIT_PREFIX = {"training": "train", "validation": "val", "test": "test"}
 # in second position; rater streams use tag 2, see ``rater_rng``).
 _IMAGE_STREAM = 1
 _ASSIGN_STREAM = 3
+_STRIPE_STREAM = 4
+_SCANNER_STREAM = 5
+
+ASSIGNMENTS = ("random", "scanner")
+"""Which rater annotates an image (one label per image): drawn at random, or the image's scanner's reader."""
+
+STRIPE_AMPLITUDE = 0.5
+STRIPE_PERIODS = (4.0, 2.0)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -337,6 +347,15 @@ def _resolve_size(spatial_dims: int, image_size: int | Sequence[int] | None) -> 
     return size
 
 
+def scanner_stripes(scanner: int, shape: Sequence[int], phase: float) -> np.ndarray:
+    """(*S) float32: scanner ``scanner``'s faint artefact, stripes across the first axis whose period is the
+    scanner's own (:data:`STRIPE_PERIODS` ``[0] + scanner · [1]`` pixels; amplitude :data:`STRIPE_AMPLITUDE` of the
+    z-scored image). Visible in every patch, and kept by flips and crops (a period, unlike an orientation)."""
+    period = STRIPE_PERIODS[0] + STRIPE_PERIODS[1] * scanner
+    along = np.arange(shape[0], dtype=np.float64).reshape(-1, *([1] * (len(shape) - 1)))
+    return np.broadcast_to(STRIPE_AMPLITUDE * np.sin(2 * np.pi * along / period + phase), tuple(shape)).astype(np.float32)
+
+
 def assign_raters(rng: np.random.Generator, num_images: int, num_raters: int, k: int) -> np.ndarray:
     """Which ``k`` of ``num_raters`` raters annotate each image.
 
@@ -379,6 +398,8 @@ def synthetic_parameters(
     labels_per_image: int | None = None,
     seed: int = 0,
     layout: str = "nested",
+    scanners: bool = False,
+    assignment: str = "random",
 ) -> dict[str, Any]:
     """The validated, fully resolved generation parameters (the datalist's ``"generator"`` entry)."""
     size = _resolve_size(spatial_dims, image_size)
@@ -403,6 +424,10 @@ def synthetic_parameters(
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
     if layout == "lesion" and num_classes != 2:
         raise ValueError(f"the 'lesion' layout is binary (num_classes 2), got {num_classes}.")
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}.")
+    if assignment == "scanner" and not (scanners and labels_per_image == 1):
+        raise ValueError("assignment 'scanner' (each scanner's images read by one rater) needs scanners=True and labels_per_image=1.")
     return {
         "version": GENERATOR_VERSION,
         "spatial_dims": int(spatial_dims),
@@ -415,6 +440,8 @@ def synthetic_parameters(
         "labels_per_image": None if labels_per_image is None else int(labels_per_image),
         "seed": int(seed),
         "layout": layout,
+        "scanners": bool(scanners),
+        "assignment": assignment,
     }
 
 
@@ -460,16 +487,24 @@ def _write_dataset(root: Path, params: dict[str, Any]) -> None:
             kept = np.ones((size, len(raters)), dtype=bool)
         else:
             kept = assign_raters(np.random.default_rng([seed, _ASSIGN_STREAM, split_index]), size, len(raters), k)
+        if params["scanners"]:  # one scanner per image, balanced as raters are; its reader when assignment is 'scanner'
+            scanner_of = assign_raters(np.random.default_rng([seed, _SCANNER_STREAM, split_index]), size, len(raters), 1).argmax(1)
+            if params["assignment"] == "scanner":
+                kept = np.eye(len(raters), dtype=bool)[scanner_of]
         items = []
         for i in range(size):
             case = f"{_SPLIT_PREFIX[split]}_{i:04d}"
             rng = np.random.default_rng([seed, _IMAGE_STREAM, case_index])
             image, truth = make_synthetic_image(rng, dims, num_classes, params["image_size"], params["layout"])
+            clean = image
+            if params["scanners"]:
+                phase = np.random.default_rng([seed, _STRIPE_STREAM, case_index]).uniform(0, 2 * np.pi)
+                image = image + scanner_stripes(int(scanner_of[i]), image.shape[1:], phase)[None]
             _save_nifti(image[0], root / "images" / f"{case}.nii.gz")
             _save_nifti(truth.astype(label_dtype), root / "gt" / f"{case}.nii.gz")
             paths, cms = [], []
             for r, (name, rater) in enumerate(zip(names, raters)):
-                rater_label = rater(truth, image, rater_rng(seed, case_index, r))
+                rater_label = rater(truth, clean, rater_rng(seed, case_index, r))
                 cms.append(_cm_to_json(empirical_confusion_matrix(rater_label, truth, num_classes)))
                 if kept[i, r]:
                     path = f"labels/{case}_{name}.nii.gz"
@@ -480,6 +515,8 @@ def _write_dataset(root: Path, params: dict[str, Any]) -> None:
             item = {"image": f"images/{case}.nii.gz", "label": paths, "gt": f"gt/{case}.nii.gz", "true_cm": cms}
             if k == 1:  # one annotator per image: the data contract's "annotator"
                 item["annotator"] = int(np.flatnonzero(kept[i])[0])
+            if params["scanners"]:
+                item["scanner"] = int(scanner_of[i])
             items.append(item)
             case_index += 1
         datalist[split] = items
@@ -538,6 +575,8 @@ def generate_synthetic_dataset(
     labels_per_image: int | None = None,
     seed: int = 0,
     layout: str = "nested",
+    scanners: bool = False,
+    assignment: str = "random",
 ) -> Path:
     """Generate a synthetic multi-rater dataset as NIfTI files and a decathlon-style datalist.
 
@@ -590,6 +629,13 @@ def generate_synthetic_dataset(
         seed: non-negative seed of everything.
         layout: ``"nested"`` (default), ``"scene"`` (classes present or absent per image, objects at
             several scales) or ``"lesion"`` (one small lesion per image), see the module docstring.
+        scanners: each image comes from one of ``R`` scanners (balanced per split, item entry ``"scanner"``),
+            whose faint stripe artefact of its own period (:func:`scanner_stripes`) is added to the image
+            (the raters draw on the image without it).
+        assignment: with ``labels_per_image=1``, ``"random"`` (default) draws each image's rater at random;
+            ``"scanner"`` gives each scanner's images to one rater (rater ``s`` reads scanner ``s``), so who
+            annotated an image is visible in it (TAX's assigner can learn it). The images of a ``"scanner"``
+            and a ``"random"`` set with ``scanners=True`` are the same; only who labels them differs.
 
     Returns:
         Path of ``output_dir/datalist.json``.
@@ -598,7 +644,8 @@ def generate_synthetic_dataset(
         FileExistsError: ``output_dir`` holds something other than this dataset.
     """
     params = synthetic_parameters(
-        spatial_dims, num_classes, image_size, num_train, num_val, num_test, raters, labels_per_image, seed, layout
+        spatial_dims, num_classes, image_size, num_train, num_val, num_test, raters, labels_per_image, seed, layout,
+        scanners, assignment,
     )
     out = Path(output_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
@@ -634,6 +681,8 @@ def ensure_synthetic_dataset(
     labels_per_image: int | None = None,
     seed: int = 0,
     layout: str = "nested",
+    scanners: bool = False,
+    assignment: str = "random",
 ) -> Path:
     """The datalist of the synthetic dataset in ``output_dir``, generated on first use.
 
@@ -645,7 +694,8 @@ def ensure_synthetic_dataset(
         ValueError: ``output_dir`` holds a dataset generated with other parameters, or something else.
     """
     params = synthetic_parameters(
-        spatial_dims, num_classes, image_size, num_train, num_val, num_test, raters, labels_per_image, seed, layout
+        spatial_dims, num_classes, image_size, num_train, num_val, num_test, raters, labels_per_image, seed, layout,
+        scanners, assignment,
     )
     out = Path(output_dir).expanduser().absolute()
     if _is_empty_or_missing(out):

@@ -99,7 +99,7 @@ class TrainStep:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         batch = batch_as_dict(batch)
-        missing = [k for k in self.inputs if k not in batch]
+        missing = [k for k in self.inputs if k not in batch and k not in self.targets]  # targets are added later
         if missing:
             raise KeyError(f"the batch has no {missing} (keys: {sorted(batch)}); check prepare_batch and the transforms.")
         return batch

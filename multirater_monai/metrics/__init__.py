@@ -7,6 +7,12 @@ metrics; the classes without suffix (``HardDice``, ``SoftDice``, ...) are Ignite
 
 from __future__ import annotations
 
+from multirater_monai.metrics.annotator import (
+    AssignmentAccuracyMetric,
+    RaterMeanIoUMetric,
+    compute_assignment_accuracy,
+    compute_rater_miou,
+)
 from multirater_monai.metrics.cm_error import ConfusionMatrixErrorMetric, compute_cm_error, pixelwise_to_image_cm
 from multirater_monai.metrics.confusion import empirical_confusion_matrix
 from multirater_monai.metrics.dice import (
@@ -27,7 +33,9 @@ from multirater_monai.metrics.handlers import (
     GeneralizedEnergyDistance,
     HardDice,
     MeanIoU,
+    AssignmentAccuracy,
     RaterDice,
+    RaterMeanIoU,
     SoftDice,
 )
 from multirater_monai.metrics.iou import MeanIoUMetric, compute_miou
@@ -36,6 +44,12 @@ from multirater_monai.metrics.recurrence import recurrence_metrics
 from multirater_monai.metrics.reduction import ReducedCumulativeMetric
 
 __all__ = [
+    "AssignmentAccuracy",
+    "AssignmentAccuracyMetric",
+    "RaterMeanIoU",
+    "RaterMeanIoUMetric",
+    "compute_assignment_accuracy",
+    "compute_rater_miou",
     "DEFAULT_THRESHOLDS",
     "ConfusionMatrixError",
     "ConfusionMatrixErrorMetric",

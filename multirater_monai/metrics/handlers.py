@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from monai.handlers.ignite_metric import IgniteMetricHandler
 from monai.utils import MetricReduction
 
+from multirater_monai.metrics.annotator import AssignmentAccuracyMetric, RaterMeanIoUMetric
 from multirater_monai.metrics.cm_error import ConfusionMatrixErrorMetric
 from multirater_monai.metrics.dice import DEFAULT_THRESHOLDS, HardDiceMetric, SoftDiceMetric
 from multirater_monai.metrics.ged import GeneralizedEnergyDistanceMetric
@@ -168,3 +169,44 @@ class RaterDice(IgniteMetricHandler):
     ) -> None:
         metric_fn = RaterDiceMetric(num_classes=num_classes, reduction=reduction)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+
+class RaterMeanIoU(IgniteMetricHandler):
+    """Mean per-rater mIoU (:class:`~multirater_monai.metrics.RaterMeanIoUMetric`).
+
+    ``y_pred``: (B, R, *S) predicted class indices per rater, or (B, 1, *S) (the consensus for every rater);
+    ``y``: (B, R, *S) rater labels, channels entirely -1 ignored.
+
+    Args:
+        num_classes: ``L``, background included.
+        reduction: reduction of the (B, R) values (MONAI ``MetricReduction``).
+        output_transform: callable extracting ``(y_pred, y)`` from ``engine.state.output``.
+        save_details: save the per-image, per-rater values to ``engine.state.metric_details[name]``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        metric_fn = RaterMeanIoUMetric(num_classes=num_classes, reduction=reduction)
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+
+class AssignmentAccuracy(IgniteMetricHandler):
+    """Share of images whose annotator mask's majority annotator is the image's own
+    (:class:`~multirater_monai.metrics.AssignmentAccuracyMetric`).
+
+    ``y_pred``: (B, 1, *S) annotator mask (``R`` = shared, not voted); ``y``: (B, R, *S) rater labels, one
+    annotating rater per image.
+    """
+
+    def __init__(
+        self,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        super().__init__(metric_fn=AssignmentAccuracyMetric(reduction=reduction), output_transform=output_transform, save_details=save_details)
