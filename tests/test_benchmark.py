@@ -113,6 +113,9 @@ def test_suites_cover_the_protocol():
     assert suites["lesion"].synthetic["layout"] == "lesion" and suites["lesion"].synthetic["num_train"] == 64
     ladder = sorted((s for s in suites.values() if s.noise is not None), key=lambda s: s.noise)
     assert len(ladder) >= 4 and all(len(set(s.synthetic["raters"])) == 5 for s in ladder)
+    visible, hidden = suites["tendency"], suites["tendency-random"]
+    assert "one_annotator" in visible.settings and visible.synthetic["assignment"] == "scanner"
+    assert {k: v for k, v in visible.synthetic.items() if k != "assignment"} == {k: v for k, v in hidden.synthetic.items() if k != "assignment"}
     small = with_num_train(suites["lesion"], 16)
     assert small.name == "lesion-n16" and small.synthetic["num_train"] == 16 and small.synthetic["layout"] == "lesion"
 

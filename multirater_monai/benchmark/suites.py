@@ -110,6 +110,21 @@ SYNTHETIC_SUITES: dict[str, Suite] = {
             protocol="default",
         ),
         Suite(
+            "tendency",
+            "one annotator per image with the TAX paper's tendencies (dilated, eroded, simplified, none), each reading "
+            "one scanner's images (a faint stripe artefact of its own period): who annotated is visible",
+            synthetic={"raters": ["dilated", "eroded", "simplified", "none"], "labels_per_image": 1, "scanners": True,
+                       "assignment": "scanner"},
+            settings=("multi_rater", "one_annotator"),
+        ),
+        Suite(
+            "tendency-random",
+            "the images of 'tendency', each labelled by a rater drawn at random: who annotated is not visible",
+            synthetic={"raters": ["dilated", "eroded", "simplified", "none"], "labels_per_image": 1, "scanners": True,
+                       "assignment": "random"},
+            settings=("multi_rater", "one_annotator"),
+        ),
+        Suite(
             "3d",
             "3D, 32^3, 48/12/12 volumes; the default panel",
             synthetic={"raters": ["good", "over", "under", "wrong", "blank"], "spatial_dims": 3},

@@ -17,6 +17,7 @@ from .prepare_batch import PrepareBatchDict, PrepareBatchKeys
 from .report import EpochReport
 from .stages import MultiStageSchedule, Stage, epochs_for_iterations, frozen_modules, total_epochs
 from .steps import NonFiniteError, RecurrentStep, TrainStep
+from .tax import TRAIN_MASKS, UNCERTAINTIES, PseudoAnnotatorMasks, tax_step_inputs, tax_vanilla_epochs, uncertain_region
 from .summary import print_run_summary
 from .teacher import Teacher
 from .trainer import MultiRaterTrainer
@@ -37,6 +38,12 @@ __all__ = [
     "MultiRaterTrainer",
     "MultiStageSchedule",
     "PrepareBatchDict",
+    "PseudoAnnotatorMasks",
+    "TRAIN_MASKS",
+    "UNCERTAINTIES",
+    "tax_step_inputs",
+    "tax_vanilla_epochs",
+    "uncertain_region",
     "PrepareBatchKeys",
     "RecurrentStep",
     "StackedOutputs",

@@ -8,17 +8,20 @@ from .confusion_maps import (
     reliability_map,
 )
 from .heatmaps import ClassScoresd, SaveHeatmapsd, plot_heatmaps
+from .prototype_patches import PrototypePatchIndex, SaveTAXExplanationsd
 from .recurrence import RaterAgreementd, SaveRecurrenceFigured, plot_recurrence
 
 __all__ = [
     "ClassScoresd",
     "SaveHeatmapsd",
     "plot_heatmaps",
+    "PrototypePatchIndex",
     "RaterAgreementd",
     "ReliabilityMapd",
     "SaveConfusionFigured",
     "SaveRaterMapsd",
     "SaveRecurrenceFigured",
+    "SaveTAXExplanationsd",
     "plot_confusion_matrices",
     "plot_recurrence",
     "reliability_map",
