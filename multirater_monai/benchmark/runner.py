@@ -162,7 +162,10 @@ def run_one(
             train = _bundle_run([configs / "train.json", *dims_files, *data.config_files], train_overrides, log, threads, root)
             done_file.write_text(json.dumps(train))
         log = folder / "evaluate.log"
-        _bundle_run([configs / "train.json", configs / "evaluate.json", *dims_files, *data.config_files], overrides,
+        # every arm is scored against the truth where the suite has it, whatever its bundle selects models by
+        # (TAX validates against each image's own annotator)
+        eval_overrides = {**overrides, "val_target": "gt"} if data.oracle_datalist is not None else overrides
+        _bundle_run([configs / "train.json", configs / "evaluate.json", *dims_files, *data.config_files], eval_overrides,
                     log, threads, root)
         metrics = _read_metrics(folder / "eval")
     except Exception as e:  # noqa: BLE001 - one failed run is reported; the others go on
