@@ -45,6 +45,21 @@ def test_tendency_conv_is_each_pixels_own_subset():
     assert out.shape == (2, 4, 8, 8) and layer.all_subsets(x).shape == (2, 3, 4, 8, 8)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_tendency_conv_computes_only_the_subsets_used_with_the_dense_values(dims):
+    torch.manual_seed(0)
+    layer = TendencyConv(dims, 3, 4, num_subsets=5)
+    shared_only = torch.full((3,) + (6,) * dims, 4)
+    two = torch.where(torch.rand((3,) + (6,) * dims) < 0.3, torch.tensor(1), torch.tensor(4))
+    for mask in (shared_only, two, torch.randint(0, 5, (3,) + (6,) * dims)):
+        x = torch.randn(3, 3, *(6,) * dims, requires_grad=True)
+        params = [x, layer.conv.conv.weight, layer.conv.conv.bias]
+        fast, dense = layer(x, mask), layer.dense(x, mask)
+        assert torch.allclose(fast, dense, atol=1e-5)
+        for a, b in zip(torch.autograd.grad(fast.square().sum(), params), torch.autograd.grad(dense.square().sum(), params)):
+            assert torch.allclose(a, b, atol=1e-4)
+
+
 def _band_masks(annotators: list[int], size: int = 16, shared: int = 4) -> torch.Tensor:
     """Pseudo masks: a ring around a square gets the image's annotator, the rest the shared index."""
     mask = torch.full((len(annotators), size, size), shared, dtype=torch.long)
