@@ -229,6 +229,23 @@ def test_patch_index_records_real_training_patches(tmp_path):
         assert trained.bank_similarity[p, 0] >= trained.bank_similarity[p, 1] >= trained.bank_similarity[p, 2]
 
 
+def test_explanations_in_3d(tmp_path):
+    net = _net(3).eval()
+    net.start_tendencies()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    items = []
+    for i in range(3):
+        nib.save(nib.Nifti1Image(np.random.default_rng(i).normal(size=(16, 16, 12)).astype(np.float32), np.eye(4)), str(folder / f"v{i}.nii.gz"))
+        items.append({"image": str(folder / f"v{i}.nii.gz")})
+    PrototypePatchIndex(net, items, tmp_path / "none.pt").build(net)
+    assert net.bank_patches.shape[-3:] == (8, 8, 8) and int(net.bank_cases.max()) == 2
+    SaveTAXExplanationsd("image", net, tmp_path / "out", TAX_RATERS, num_locations=2)(
+        {"image": MetaTensor(torch.randn(1, 16, 16, 16), meta={"filename_or_obj": "vol.nii.gz"})})
+    assert nib.load(str(tmp_path / "out" / "vol_why.nii.gz")).shape == (16, 32, 8)
+    assert (tmp_path / "out" / "vol_why.png").is_file()
+
+
 def test_explanations_are_written_from_the_bank(tmp_path):
     net = _net().eval()
     net.start_tendencies()
