@@ -81,6 +81,10 @@ def _ladder(r: float) -> Suite:
     )
 
 
+TENDENCY_PANEL = {"raters": ["dilated", "eroded", "simplified", "none"], "labels_per_image": 1, "scanners": True}
+"""The TAX paper's four tendencies, one annotator per image, each image from one of four scanners (a visible
+stripe artefact): the suites ``tendency`` (scanner k read by rater k) and ``tendency-random``."""
+
 SYNTHETIC_SUITES: dict[str, Suite] = {
     s.name: s
     for s in [
@@ -113,15 +117,13 @@ SYNTHETIC_SUITES: dict[str, Suite] = {
             "tendency",
             "one annotator per image with the TAX paper's tendencies (dilated, eroded, simplified, none), each reading "
             "one scanner's images (a faint stripe artefact of its own period): who annotated is visible",
-            synthetic={"raters": ["dilated", "eroded", "simplified", "none"], "labels_per_image": 1, "scanners": True,
-                       "assignment": "scanner"},
+            synthetic={**TENDENCY_PANEL, "assignment": "scanner"},
             settings=("multi_rater", "one_annotator"),
         ),
         Suite(
             "tendency-random",
             "the images of 'tendency', each labelled by a rater drawn at random: who annotated is not visible",
-            synthetic={"raters": ["dilated", "eroded", "simplified", "none"], "labels_per_image": 1, "scanners": True,
-                       "assignment": "random"},
+            synthetic={**TENDENCY_PANEL, "assignment": "random"},
             settings=("multi_rater", "one_annotator"),
         ),
         Suite(
