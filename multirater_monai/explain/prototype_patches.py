@@ -231,7 +231,7 @@ class SaveTAXExplanationsd(MapTransform):
             match = net.prototype_match(padded.unsqueeze(0).to(device))
         group, prototype, sim = (match[k][0].cpu() for k in ("group", "prototype", "similarity"))
         assigned = group != net.num_annotators
-        score = torch.where(assigned, sim, sim - 10.0) if bool(assigned.any()) else sim
+        score = torch.where(assigned, sim, sim - 10.0)  # cosines: every assigned location before every shared one
         order = score.flatten().argsort(descending=True)[: self.num_locations]
         inputs, patches, records = [], [], []
         names = self.rater_names + ["shared"]

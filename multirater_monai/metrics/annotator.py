@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from monai.utils import MetricReduction
 
-from multirater_monai.constants import MISSING_LABEL
 from multirater_monai.metrics.overlap import binary_iou
+from multirater_monai.metrics.rater_dice import annotated_raters
 from multirater_monai.metrics.reduction import ReducedCumulativeMetric, as_plain_tensor
 
 __all__ = ["AssignmentAccuracyMetric", "RaterMeanIoUMetric", "compute_assignment_accuracy", "compute_rater_miou"]
@@ -36,7 +36,7 @@ def compute_rater_miou(y_pred: torch.Tensor, y: torch.Tensor, num_classes: int) 
     if y_pred.shape != y.shape or y.ndim < 3:
         raise ValueError(f"y_pred must be (B, R, *S) or (B, 1, *S) and y (B, R, *S), got {tuple(y_pred.shape)} and {tuple(y.shape)}.")
     scores = torch.stack([binary_iou(y_pred == c, y == c) for c in range(num_classes)]).mean(0).float()
-    annotated = ~torch.all(y.flatten(2) == MISSING_LABEL, dim=-1)
+    annotated = annotated_raters(y)
     return torch.where(annotated, scores, torch.full_like(scores, float("nan")))
 
 
@@ -53,7 +53,7 @@ def compute_assignment_accuracy(mask: torch.Tensor, y: torch.Tensor) -> torch.Te
     """
     mask, y = as_plain_tensor(mask).long(), as_plain_tensor(y)
     num_raters = y.shape[1]
-    annotated = ~torch.all(y.flatten(2) == MISSING_LABEL, dim=-1)  # (B, R)
+    annotated = annotated_raters(y)  # (B, R)
     votes = torch.stack([(mask.flatten(1) == r).sum(-1) for r in range(num_raters)], dim=1)  # (B, R)
     chosen = votes.argmax(dim=1)
     truth = annotated.float().argmax(dim=1)

@@ -9,7 +9,12 @@ from multirater_monai.constants import MISSING_LABEL
 from multirater_monai.metrics.overlap import binary_dice
 from multirater_monai.metrics.reduction import ReducedCumulativeMetric, as_plain_tensor
 
-__all__ = ["RaterDiceMetric", "compute_rater_dice"]
+__all__ = ["RaterDiceMetric", "annotated_raters", "compute_rater_dice"]
+
+
+def annotated_raters(y: torch.Tensor) -> torch.Tensor:
+    """(B, R, *S) rater labels -> (B, R) bool: the raters who annotated each image (a channel not all ``-1``)."""
+    return ~torch.all(y.flatten(2) == MISSING_LABEL, dim=-1)
 
 
 def compute_rater_dice(y_pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -29,7 +34,7 @@ def compute_rater_dice(y_pred: torch.Tensor, y: torch.Tensor, num_classes: int) 
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
     scores = torch.stack([binary_dice(y_pred == c, y == c) for c in range(1, num_classes)]).mean(0)
-    annotated = ~torch.all(y.flatten(2) == MISSING_LABEL, dim=-1)
+    annotated = annotated_raters(y)
     return torch.where(annotated, scores.float(), torch.full_like(scores.float(), float("nan")))
 
 

@@ -44,6 +44,12 @@ def _upsample_nearest(x: torch.Tensor, factor: int, spatial_dims: int) -> torch.
     return x
 
 
+def _pick(out: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, K, D, *S) outputs of K subsets and (B, *S) subset indices -> (B, D, *S), each pixel's own subset."""
+    index = index.unsqueeze(1).unsqueeze(1).expand([out.shape[0], 1, out.shape[2]] + list(out.shape[3:]))
+    return out.gather(1, index).squeeze(1)
+
+
 class TendencyConv(torch.nn.Module):
     """A convolution holding ``num_subsets`` kernel subsets; each pixel takes the output of the subset its mask names.
 
@@ -82,9 +88,7 @@ class TendencyConv(torch.nn.Module):
 
     def dense(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Every subset at every pixel, then the mask's: ``(N + 1) · D`` output channels computed."""
-        out = self.all_subsets(x)
-        index = mask.unsqueeze(1).unsqueeze(1).expand([out.shape[0], 1, out.shape[2]] + list(out.shape[3:]))
-        return out.gather(1, index).squeeze(1)
+        return _pick(self.all_subsets(x), mask)
 
     @torch.jit.unused
     def grouped(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -103,11 +107,9 @@ class TendencyConv(torch.nn.Module):
         weight = conv.weight.view(k, d, *conv.weight.shape[1:])[subsets].flatten(0, 1)
         bias = None if conv.bias is None else conv.bias.view(k, d)[subsets].flatten()
         out = conv._conv_forward(x, weight, bias)
-        out = out.reshape(out.shape[0], subsets.numel(), d, *out.shape[2:])
         remap = torch.zeros(k, dtype=torch.long, device=mask.device)
         remap[subsets] = torch.arange(subsets.numel(), device=mask.device)
-        index = remap[mask].unsqueeze(1).unsqueeze(1).expand(out.shape[0], 1, d, *out.shape[3:])
-        return out.gather(1, index).squeeze(1)
+        return _pick(out.unflatten(1, (subsets.numel(), d)), remap[mask])
 
     def subset_weight(self, k: int) -> torch.Tensor:
         """The kernel subset ``k`` (a view of the convolution's weight): (D, C_in, *kernel)."""
@@ -115,15 +117,11 @@ class TendencyConv(torch.nn.Module):
 
     def copy_subset(self, source: int) -> None:
         """Set every subset's weights and biases to those of subset ``source``."""
-        conv = self.conv.conv
-        d = self.out_channels
         with torch.no_grad():
-            for k in range(self.num_subsets):
-                if k == source:
-                    continue
-                conv.weight[k * d : (k + 1) * d] = conv.weight[source * d : (source + 1) * d]
-                if conv.bias is not None:
-                    conv.bias[k * d : (k + 1) * d] = conv.bias[source * d : (source + 1) * d]
+            for param in (self.conv.conv.weight, self.conv.conv.bias):
+                if param is not None:
+                    per_subset = param.view(self.num_subsets, self.out_channels, *param.shape[1:])
+                    per_subset.copy_(per_subset[source].expand_as(per_subset).clone())
 
 
 class TendencySegmenter(torch.nn.Module):
@@ -163,7 +161,10 @@ class TendencySegmenter(torch.nn.Module):
         self.out = TendencyConv(spatial_dims, features, num_classes, self.num_subsets)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        features = self.trunk(x)
+        return self.head(self.trunk(x), mask)
+
+    def head(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The tendency layers on the trunk's (B, F, *S) features under ``mask`` (None: shared everywhere)."""
         if mask is None:
             mask = torch.full(
                 [features.shape[0]] + list(features.shape[2:]), self.shared, dtype=torch.long, device=features.device
@@ -171,7 +172,10 @@ class TendencySegmenter(torch.nn.Module):
         return self.out(self.act(self.hidden(features, mask)), mask)
 
     def each_subset(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.trunk(x)
+        return self.each_subset_head(self.trunk(x))
+
+    def each_subset_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Every subset at every pixel on the trunk's (B, F, *S) features: (B, N + 1, L, *S)."""
         hidden = self.act(self.hidden.all_subsets(features).flatten(0, 1))  # (B·(N+1), D, *S)
         out = self.out.all_subsets(hidden)  # (B·(N+1), N+1, L, *S): subset j of the second layer on subset i's hidden
         b, k = features.shape[0], self.num_subsets
@@ -367,17 +371,15 @@ class TAX(torch.nn.Module):
         """
         assign = self.assign_logits(x)
         mask = self.annotator_mask(assign)
-        probs = torch.softmax(assign, dim=1)
-        if not bool(self.tendencies_started):
-            probs = F.one_hot(torch.full_like(mask, self.shared), self.num_annotators + 1).movedim(-1, 1).to(assign.dtype)
-        else:
-            probs = _upsample_nearest(probs, self.patch_size, self.spatial_dims)
-        each = self.segmenter.each_subset(x)  # (B, N + 1, L, *S)
+        features = self.segmenter.trunk(x)
+        each = self.segmenter.each_subset_head(features)  # (B, N + 1, L, *S)
         if bool(self.tendencies_started):
+            probs = _upsample_nearest(torch.softmax(assign, dim=1), self.patch_size, self.spatial_dims)
             raters = each[:, : self.num_annotators]
         else:
+            probs = F.one_hot(mask, self.num_annotators + 1).movedim(-1, 1).to(assign.dtype)  # the shared index
             raters = each[:, self.shared :].expand_as(each[:, : self.num_annotators])
-        return {"logits": self.segmenter(x, mask), "assign_probs": probs, "rater_logits": raters}
+        return {"logits": self.segmenter.head(features, mask), "assign_probs": probs, "rater_logits": raters}
 
     def prototype_match(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """For each location of M: the group G chose, its best prototype there and their cosine.
