@@ -18,6 +18,7 @@ from multirater_monai.networks.confusion_heads import (
 from multirater_monai.networks.attention import CrossAttentionStage, SelfAttentionBlock
 from multirater_monai.networks.feature_unet import FeatureUNet
 from multirater_monai.networks.mrprism import DivP, MrPrism, MrPrismOutput
+from multirater_monai.networks.scaleprotoseg import AtrousConv, ConcatASPP, ScaleProtoSeg, project_rows_to_simplex
 from multirater_monai.networks.tax import TAX, AnnotatorAssigner, TendencyConv, TendencySegmenter
 from multirater_monai.networks.unrolled_lrp import (
     ARCHITECTURES,
@@ -29,6 +30,10 @@ from multirater_monai.networks.unrolled_lrp import (
 )
 
 __all__ = [
+    "AtrousConv",
+    "ConcatASPP",
+    "ScaleProtoSeg",
+    "project_rows_to_simplex",
     "AnnotatorAssigner",
     "TAX",
     "TendencyConv",
