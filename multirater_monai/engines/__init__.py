@@ -17,12 +17,17 @@ from .prepare_batch import PrepareBatchDict, PrepareBatchKeys
 from .report import EpochReport
 from .stages import MultiStageSchedule, Stage, epochs_for_iterations, frozen_modules, total_epochs
 from .steps import NonFiniteError, RecurrentStep, TrainStep
+from .scaleprotoseg import GroupThreshold, PrototypeProjection, scaleprotoseg_epochs, with_simplex_projection
 from .tax import TRAIN_MASKS, UNCERTAINTIES, PseudoAnnotatorMasks, tax_step_inputs, tax_vanilla_epochs, uncertain_region
 from .summary import print_run_summary
 from .teacher import Teacher
 from .trainer import MultiRaterTrainer
 
 __all__ = [
+    "GroupThreshold",
+    "PrototypeProjection",
+    "scaleprotoseg_epochs",
+    "with_simplex_projection",
     "AllOutputs",
     "BestModelSaver",
     "CheckpointError",
