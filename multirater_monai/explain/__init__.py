@@ -8,6 +8,7 @@ from .confusion_maps import (
     reliability_map,
 )
 from .heatmaps import ClassScoresd, SaveHeatmapsd, plot_heatmaps
+from .prototype_explanations import SavePrototypeExplanationsd, prototype_contributions
 from .prototype_patches import PrototypePatchIndex, SaveTAXExplanationsd
 from .recurrence import RaterAgreementd, SaveRecurrenceFigured, plot_recurrence
 
@@ -16,6 +17,8 @@ __all__ = [
     "SaveHeatmapsd",
     "plot_heatmaps",
     "PrototypePatchIndex",
+    "SavePrototypeExplanationsd",
+    "prototype_contributions",
     "RaterAgreementd",
     "ReliabilityMapd",
     "SaveConfusionFigured",

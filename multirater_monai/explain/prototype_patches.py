@@ -32,7 +32,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, MapTransf
 from multirater_monai.engines.adapters import unwrap_network
 from multirater_monai.explain.confusion_maps import _case_name
 
-__all__ = ["PrototypePatchIndex", "SaveTAXExplanationsd", "crop_patch", "pad_to_multiple"]
+__all__ = ["PrototypePatchIndex", "SaveTAXExplanationsd", "crop_patch", "pad_to_multiple", "save_patch_mosaic"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,45 @@ def crop_patch(image: torch.Tensor, corner: Sequence[int], side: int) -> torch.T
 def _patch_corner(location: Sequence[int], cell: int, side: int, shape: Sequence[int]) -> list[int]:
     """Corner of the ``side`` cube centred on the ``cell``-wide grid location, moved inside an image of ``shape``."""
     return [min(max(int(u) * cell + cell // 2 - side // 2, 0), int(n) - side) for u, n in zip(location, shape)]
+
+
+def save_patch_mosaic(prefix: str | os.PathLike, rows: torch.Tensor, titles: Sequence[Sequence[str]], title: str, figure: bool = True) -> None:
+    """Write rows of patches side by side: ``<prefix>.nii.gz`` (float32 mosaic of channel 0, rows × columns of
+    patches, 3D patches whole, identity affine: a mosaic has no place in the input's geometry) and, with
+    ``figure``, ``<prefix>.png`` (3D: middle slices) with a title per patch.
+
+    Args:
+        prefix: path without suffix.
+        rows: (R, K, C, *side) patches.
+        titles: R lists of K titles.
+        title: the figure's title.
+    """
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    rows = torch.as_tensor(rows)[:, :, 0].float()  # (R, K, *side), channel 0
+    mosaic = torch.cat([torch.cat(list(row), dim=1) for row in rows], dim=0)  # (R·side, K·side, ...)
+    nib.save(nib.Nifti1Image(mosaic.numpy().astype(np.float32), np.eye(4)), str(prefix.with_name(prefix.name + ".nii.gz")))
+    if not figure:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from multirater_monai.explain.recurrence import _middle_slice
+
+    m, n = rows.shape[0], rows.shape[1]
+    dims = rows.ndim - 2
+    fig, axes = plt.subplots(m, n, figsize=(2.2 * n, 2.3 * m), squeeze=False)
+    for i in range(m):
+        for j in range(n):
+            axes[i, j].imshow(_middle_slice(rows[i, j].numpy(), dims), cmap="gray")
+            axes[i, j].axis("off")
+            axes[i, j].set_title(titles[i][j], fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / (2.3 * m)))  # room for the title above the first row
+    fig.savefig(prefix.with_name(prefix.name + ".png"), dpi=90)
+    plt.close(fig)
 
 
 def _default_loader() -> Callable[[Mapping], Mapping]:
@@ -265,34 +304,13 @@ class SaveTAXExplanationsd(MapTransform):
             found = self.explain(torch.as_tensor(reference))
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / f"{case}_why.json").write_text(json.dumps({"image": case, "locations": found["records"]}, indent=1) + "\n")
-            rows = torch.cat([found["inputs"].unsqueeze(1), found["patches"]], dim=1)[:, :, 0]  # (M, 1 + K, *side), channel 0
-            mosaic = torch.cat([torch.cat(list(row), dim=1) for row in rows], dim=0)  # (M·side, (1 + K)·side, ...)
-            # a mosaic of patches has no place in the input's geometry: unit spacing, identity affine
-            nib.save(nib.Nifti1Image(mosaic.numpy().astype(np.float32), np.eye(4)), str(self.output_dir / f"{case}_why.nii.gz"))
-            if self.save_figure:
-                self._figure(rows, found["records"], case)
+            rows = torch.cat([found["inputs"].unsqueeze(1), found["patches"]], dim=1)  # (M, 1 + K, C, *side)
+            titles = []
+            for rec in found["records"]:
+                titles.append(
+                    [f"input {rec['location']}\n{rec['annotator']} ({rec['similarity']:.2f})"]
+                    + [f"train case {p['case']}\n{p['corner']} ({p['similarity']:.2f})" for p in rec["training_patches"]]
+                )
+            save_patch_mosaic(self.output_dir / f"{case}_why", rows, titles,
+                              f"{case}: why (input patch, then its prototype's training patches)", self.save_figure)
         return d
-
-    def _figure(self, rows: torch.Tensor, records: list[dict], case: str) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from multirater_monai.explain.recurrence import _middle_slice
-
-        m, n = rows.shape[0], rows.shape[1]
-        dims = rows.ndim - 2
-        fig, axes = plt.subplots(m, n, figsize=(2.2 * n, 2.3 * m), squeeze=False)
-        for i in range(m):
-            for j in range(n):
-                axes[i, j].imshow(_middle_slice(rows[i, j].numpy(), dims), cmap="gray")
-                axes[i, j].axis("off")
-            rec = records[i]
-            axes[i, 0].set_title(f"input {rec['location']}\n{rec['annotator']} ({rec['similarity']:.2f})", fontsize=8)
-            for j, patch in enumerate(rec["training_patches"], start=1):
-                axes[i, j].set_title(f"train case {patch['case']}\n{patch['corner']} ({patch['similarity']:.2f})", fontsize=8)
-        fig.suptitle(f"{case}: why (input patch, then its prototype's training patches)", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(self.output_dir / f"{case}_why.png", dpi=90)
-        plt.close(fig)
