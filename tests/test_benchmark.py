@@ -142,6 +142,19 @@ def test_prepare_suite_writes_the_oracle_datalist(tmp_path):
     assert data.overrides == {"datalist": str(data.datalist), "num_raters": 5}
 
 
+def test_a_multi_class_suite_gives_its_class_count_to_every_run(tmp_path):
+    """`scales` holds four classes: every arm is run with num_classes 4 (the two-class suites keep each bundle's own),
+    and only arms declaring the multi_class setting run there."""
+    suite = SYNTHETIC_SUITES["scales"]
+    small = replace(suite, synthetic={**suite.synthetic, "num_train": 4, "num_val": 1, "num_test": 1})
+    data = prepare_suite(small, tmp_path)
+    assert data.overrides["num_classes"] == 4
+    content = json.loads(data.datalist.read_text())
+    assert content["num_classes"] == 4
+    assert Arm("s", "scaleprotoseg", settings=("multi_class",)).fits(suite.settings)
+    assert not Arm("m", "mrprism").fits(suite.settings)
+
+
 def test_dataset_suite_without_a_reference_has_no_oracle(tmp_path):
     from multirater_monai.data.real import prepare_lidc
     from multirater_monai.data.real.replicas import make_lidc_pickle_replica

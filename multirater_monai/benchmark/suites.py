@@ -127,6 +127,13 @@ SYNTHETIC_SUITES: dict[str, Suite] = {
             settings=("multi_rater", "one_annotator"),
         ),
         Suite(
+            "scales",
+            "multi-class, multi-scale: three kinds of objects (each present in half the images, radii 3-15 px, "
+            "four classes with background); the default rater panel",
+            synthetic={"raters": ["good", "over", "under", "wrong", "blank"], "layout": "scene", "num_classes": 4},
+            settings=("multi_class",),
+        ),
+        Suite(
             "3d",
             "3D, 32^3, 48/12/12 volumes; the default panel",
             synthetic={"raters": ["good", "over", "under", "wrong", "blank"], "spatial_dims": 3},
@@ -229,8 +236,10 @@ def prepare_suite(suite: Suite, out: Path) -> SuiteData:
     if suite.synthetic is not None:
         datalist = ensure_synthetic_dataset(out / "data" / suite.name, **suite.synthetic)
         num_raters = len(suite.synthetic["raters"])
-        data = SuiteData(suite, datalist, overrides={"datalist": str(datalist), "num_raters": num_raters},
-                         num_raters=num_raters)
+        overrides = {"datalist": str(datalist), "num_raters": num_raters}
+        if "num_classes" in suite.synthetic:  # a multi-class suite; the others keep each bundle's own
+            overrides["num_classes"] = int(suite.synthetic["num_classes"])
+        data = SuiteData(suite, datalist, overrides=overrides, num_raters=num_raters)
     else:
         overlay_file = suite.dataset / "bundle_config.json"
         overlay = _bundle_overlay(suite.dataset)
