@@ -186,6 +186,10 @@ def trained_bundle(request, tmp_path_factory):
         # from 1 to 2 to stand for an interruption: give every run the ramp of the two-epoch run, as a run
         # really interrupted (same command) has
         overrides["class_balance_iterations"] = "$2 * len(@train#dataloader)"
+    if "stage_epochs" in parser.config:
+        # stage lengths derived from max_epochs (ScaleProtoSeg's) would differ between the one- and the two-epoch
+        # runs: give both the schedule of the two-epoch run (joint, projection and grouping, a grouping epoch)
+        overrides["stage_epochs"] = "$multirater_monai.engines.scaleprotoseg_epochs(2, 0, 0, 1)"
     # from inside the bundle folder, as `cd bundles/<name>; python -m monai.bundle run --config_file configs/train.json`
     train_log = _run_bundle(bundle, ["configs/train.json"], overrides, repo / "train.log")
     first_epoch_model = (bundle / "models" / "model.pt").read_bytes()
