@@ -238,6 +238,27 @@ def test_schedule_switches_loss_step_and_trainable_parameters():
     assert calls == [("end", 2), ("start", 3)]
 
 
+def test_a_parameter_frozen_after_training_does_not_move_under_a_momentum_optimiser():
+    """Joint first, then the head alone with the same Adam: the trunk's zero gradients from the joint stage would
+    let Adam's momentum keep moving it (found by ScaleProtoSeg's projected prototypes drifting); frozen, it stays."""
+    net = TwoPartNet()
+    stages = [
+        {"name": "joint", "epochs": 1, "loss_function": lambda o, b: _ce(o, b) + _head_loss(o, b)},
+        {"name": "head", "epochs": 2, "loss_function": _head_loss, "trainable": ["head"]},
+    ]
+    trainer = MultiRaterTrainer(
+        device=torch.device("cpu"), max_epochs=3, train_data_loader=_loader(), network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=0.1), loss_function=None, prepare_batch=PrepareBatchDict(),
+        train_step=TrainStep(method="forward_all"), schedule=MultiStageSchedule(stages, network=net),
+    )
+    after_joint = {}
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: after_joint.update({k: v.clone() for k, v in net.trunk.named_parameters()}))
+    head_before = net.head.weight.detach().clone()
+    trainer.run()
+    assert all(torch.equal(p, after_joint[k]) for k, p in net.trunk.named_parameters())
+    assert not torch.equal(net.head.weight, head_before)
+
+
 def test_zero_epoch_stage_is_skipped_and_bad_stages_are_refused():
     schedule = MultiStageSchedule([Stage("a", 0), Stage("b", 3)])
     assert [schedule.stage_at(e).name for e in (1, 2, 3, 4)] == ["b"] * 4 and schedule.total_epochs == 3

@@ -144,12 +144,15 @@ def test_group_entropy_and_off_class_l1():
     assert float(GroupEntropyLoss(net)({}, {})) == pytest.approx(1.0, abs=1e-3)
     # +1 own (not counted), -0.5 to the 2 other classes of each of the 6 groups
     assert float(OffClassWeightL1(net)({}, {})) == pytest.approx(6 * 2 * 0.5)
+    # h_proto (the optional fine-tuning): 12 prototypes, -0.5 to each of the 2 other classes
+    assert float(OffClassWeightL1(net, head="last_layer")({}, {})) == pytest.approx(12 * 2 * 0.5)
 
 
 def test_stage_lengths():
-    assert scaleprotoseg_epochs(60, 3, 5, 15) == {"warmup": 3, "joint": 37, "group_warmup": 5, "group_joint": 15}
+    assert scaleprotoseg_epochs(60, 3, 2, 8) == {"warmup": 3, "joint": 47, "finetune": 0, "group_warmup": 2, "group_joint": 8}
+    assert scaleprotoseg_epochs(60, 3, 2, 8, finetune=5)["joint"] == 42
     for total in (1, 2, 5, 10, 23, 24, 100):
-        split = scaleprotoseg_epochs(total, 3, 5, 15)
+        split = scaleprotoseg_epochs(total, 3, 5, 15, 2)
         assert sum(split.values()) == total and split["joint"] >= 1
 
 
@@ -335,7 +338,7 @@ def _bundle_copy(tmp_path: Path) -> Path:
 def _overrides(bundle: Path, **extra) -> dict:
     base = {f"synthetic#{k}": v for k, v in TINY.items()}
     base.update({"dataset_dir": str(bundle.parent.parent / "datasets" / "tiny"), "batch_size": 2, "patch_size": [32, 32],
-                 "mlflow_enabled": False, "warmup_epochs": 1, "group_warmup_epochs": 1, "group_joint_epochs": 1})
+                 "mlflow_enabled": False, "warmup_epochs": 1, "group_warmup_epochs": 1, "group_joint_epochs": 1, "finetune_epochs": 1})
     base.update(extra)
     return base
 
@@ -348,13 +351,14 @@ def _run(bundle: Path, overrides: dict, args: tuple = ()):
 
 @pytest.mark.slow
 def test_every_stage_runs_and_an_interruption_after_the_projection_resumes_to_the_same_weights(tmp_path):
-    """Warm-up, joint, projection, grouping warm-up, grouping, threshold in one config (4 epochs); stopped after the
-    projection (epoch 2) and resumed, the run ends with the weights of the uninterrupted one."""
+    """Warm-up, joint, projection, last-layer fine-tuning, grouping warm-up, grouping, threshold in one config (6
+    epochs); stopped after the projection and the fine-tuning epoch (epoch 3) and resumed, the run ends with the
+    weights of the uninterrupted one."""
     straight = _bundle_copy(tmp_path / "a")
-    proc = _run(straight, _overrides(straight, max_epochs=5))
+    proc = _run(straight, _overrides(straight, max_epochs=6))
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    for stage in ("warmup", "joint", "projection", "start_grouping", "group_warmup", "group_joint", "threshold"):
+    for stage in ("warmup", "joint", "projection", "finetune", "start_grouping", "group_warmup", "group_joint", "threshold"):
         assert f"stage '{stage}'" in log, stage
     final = torch.load(straight / "models" / "model.pt", weights_only=True)
     assert bool(final["projected"]) and bool(final["grouped"]) and bool(final["thresholded"])
@@ -362,15 +366,17 @@ def test_every_stage_runs_and_an_interruption_after_the_projection_resumes_to_th
     assert (straight / "models" / "projected.pt").is_file() and (straight / "models" / "prototypes.json").is_file()
 
     interrupted = _bundle_copy(tmp_path / "b")
-    # the same schedule (stage lengths fixed for 5 epochs), stopped after epoch 3: the projection ran after epoch 2
-    fixed = "$multirater_monai.engines.scaleprotoseg_epochs(5, 1, 1, 1)"
+    # the same schedule (stage lengths fixed for 6 epochs), stopped after epoch 3: projection after epoch 2, epoch 3
+    # fine-tuned h_proto
+    fixed = "$multirater_monai.engines.scaleprotoseg_epochs(6, 1, 1, 1, 1)"
     first = _run(interrupted, _overrides(interrupted, max_epochs=3, stage_epochs=fixed))
     assert first.returncode == 0, first.stderr[-3000:]
-    again = _run(interrupted, _overrides(interrupted, max_epochs=5, stage_epochs=fixed), ("--resume", "true"))
+    again = _run(interrupted, _overrides(interrupted, max_epochs=6, stage_epochs=fixed), ("--resume", "true"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "stage 'projection'" not in again.stdout + again.stderr  # done before the interruption, not again
-    a = torch.load(straight / "models" / "checkpoints" / "train_checkpoint_epoch=5.pt", weights_only=False)["network"]
-    b = torch.load(interrupted / "models" / "checkpoints" / "train_checkpoint_epoch=5.pt", weights_only=False)["network"]
+    a = torch.load(straight / "models" / "checkpoints" / "train_checkpoint_epoch=6.pt", weights_only=False)["network"]
+    b = torch.load(interrupted / "models" / "checkpoints" / "train_checkpoint_epoch=6.pt", weights_only=False)["network"]
+    assert not torch.equal(a["last_layer"], torch.load(straight / "models" / "projected.pt", weights_only=True)["last_layer"])
     for key, value in a.items():
         assert torch.equal(b[key], value), key
 
@@ -378,16 +384,16 @@ def test_every_stage_runs_and_an_interruption_after_the_projection_resumes_to_th
 @pytest.mark.slow
 def test_resuming_into_grouping_without_projected_prototypes_is_refused(tmp_path):
     bundle = _bundle_copy(tmp_path)
-    fixed = "$multirater_monai.engines.scaleprotoseg_epochs(5, 1, 1, 1)"
-    assert _run(bundle, _overrides(bundle, max_epochs=3, stage_epochs=fixed)).returncode == 0
-    ckpt_file = bundle / "models" / "checkpoints" / "train_checkpoint_epoch=3.pt"
+    fixed = "$multirater_monai.engines.scaleprotoseg_epochs(6, 1, 1, 1, 1)"
+    assert _run(bundle, _overrides(bundle, max_epochs=4, stage_epochs=fixed)).returncode == 0
+    ckpt_file = bundle / "models" / "checkpoints" / "train_checkpoint_epoch=4.pt"
     ckpt = torch.load(ckpt_file, weights_only=False)
     ckpt["network"]["projected"] = torch.tensor(False)  # weights that predate the projection, schedule that does not
     ckpt["network"]["grouped"] = torch.tensor(False)
     torch.save(ckpt, ckpt_file)
     from tests.test_bundles import _fails_with_one_line
 
-    proc = _run(bundle, _overrides(bundle, max_epochs=5, stage_epochs=fixed), ("--resume", "true"))
+    proc = _run(bundle, _overrides(bundle, max_epochs=6, stage_epochs=fixed), ("--resume", "true"))
     _fails_with_one_line(proc, "needs the prototypes projected")
 
 

@@ -3,7 +3,7 @@ after every optimiser step, and the final thresholding of the group weights.
 
 The bundle's ``train.json`` lists the stages (``docs/design.md``, "Stages")::
 
-    warmup (ASPP + prototypes) -> joint (all but h_proto) -> projection (action)
+    warmup (ASPP + prototypes) -> joint (all but h_proto) -> projection (action) [-> finetune (h_proto), optional]
     -> start_grouping (action) -> group_warmup (group weights) -> group_joint (+ h_group) -> threshold (action)
 """
 
@@ -31,8 +31,9 @@ PROTOTYPES_FILE = "prototypes.json"
 PROJECTED_MODEL = "projected.pt"
 
 
-def scaleprotoseg_epochs(max_epochs: int, warmup: int, group_warmup: int, group_joint: int) -> dict[str, int]:
-    """Epochs of each epoch stage: ``warmup``, ``group_warmup`` and ``group_joint`` as given, ``joint`` the rest.
+def scaleprotoseg_epochs(max_epochs: int, warmup: int, group_warmup: int, group_joint: int, finetune: int = 0) -> dict[str, int]:
+    """Epochs of each epoch stage: ``warmup``, ``finetune`` (of ``h_proto`` after the projection, the authors' code;
+    0 by default, the paper's), ``group_warmup`` and ``group_joint`` as given, ``joint`` the rest.
 
     When ``max_epochs`` is too short for them all, the given stages shrink in proportion and the joint stage keeps
     at least one epoch (a one-epoch run trains the joint stage, then projects, groups and thresholds).
@@ -40,15 +41,15 @@ def scaleprotoseg_epochs(max_epochs: int, warmup: int, group_warmup: int, group_
     max_epochs = int(max_epochs)
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
-    fixed = {"warmup": int(warmup), "group_warmup": int(group_warmup), "group_joint": int(group_joint)}
+    fixed = {"warmup": int(warmup), "finetune": int(finetune), "group_warmup": int(group_warmup), "group_joint": int(group_joint)}
     if any(v < 0 for v in fixed.values()):
         raise ValueError(f"stage epochs must be >= 0, got {fixed}.")
     budget = max_epochs - 1
     total = sum(fixed.values())
     if total > budget:
         fixed = {k: (v * budget) // total for k, v in fixed.items()}
-    return {"warmup": fixed["warmup"], "joint": max_epochs - sum(fixed.values()), "group_warmup": fixed["group_warmup"],
-            "group_joint": fixed["group_joint"]}
+    return {"warmup": fixed["warmup"], "joint": max_epochs - sum(fixed.values()), "finetune": fixed["finetune"],
+            "group_warmup": fixed["group_warmup"], "group_joint": fixed["group_joint"]}
 
 
 def with_simplex_projection(optimizer: torch.optim.Optimizer, network: torch.nn.Module) -> torch.optim.Optimizer:

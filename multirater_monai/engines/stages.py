@@ -262,7 +262,8 @@ class MultiStageSchedule:
 
     @staticmethod
     def set_trainable(network: torch.nn.Module, prefixes: Sequence[str] | None) -> None:
-        """Train the parameters whose name starts with one of ``prefixes`` (all if ``None``), freeze the rest."""
+        """Train the parameters whose name starts with one of ``prefixes`` (all if ``None``), freeze the rest (their
+        gradients dropped, so that no optimiser moves them)."""
         module = unwrap_network(network)
         names = [n for n, _ in module.named_parameters()]
         if prefixes is not None:
@@ -270,7 +271,12 @@ class MultiStageSchedule:
             if unmatched:
                 raise ValueError(f"trainable prefixes {unmatched} match no parameter of {type(module).__name__}.")
         for name, param in module.named_parameters():
-            param.requires_grad_(prefixes is None or any(name.startswith(p) for p in prefixes))
+            trainable = prefixes is None or any(name.startswith(p) for p in prefixes)
+            param.requires_grad_(trainable)
+            if not trainable:
+                # a zero gradient left by an earlier stage (MONAI zeroes gradients rather than dropping them) would
+                # let a momentum optimiser keep moving a frozen parameter; without one, optimisers skip it
+                param.grad = None
 
     # the schedule's part of the training checkpoint
 

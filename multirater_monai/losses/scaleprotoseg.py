@@ -102,20 +102,21 @@ class GroupEntropyLoss(torch.nn.Module):
 
 
 class OffClassWeightL1(torch.nn.Module):
-    """Eq. 9's last term: the L1 norm of ``h_group``'s weights from a group to the classes it does not belong to.
+    """Eq. 9's last term: the L1 norm of a head's weights from an input (a group, or a prototype) to the classes it
+    does not belong to.
 
-    Called ``loss(outputs, batch)``; reads ``network.group_last_layer`` (L, L·G).
+    Called ``loss(outputs, batch)``; reads ``network.<head>``: ``group_last_layer`` (L, L·G, stage 2, the paper's) or
+    ``last_layer`` (L, P, the authors' optional fine-tuning of ``h_proto`` after the projection).
     """
 
-    def __init__(self, network: torch.nn.Module) -> None:
+    def __init__(self, network: torch.nn.Module, head: str = "group_last_layer") -> None:
         super().__init__()
         self._network = [network]
+        self.head = head
 
     def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> torch.Tensor:
         net = unwrap_network(self._network[0])
-        weight = net.group_last_layer
-        num_classes, num_groups = weight.shape
-        owner = torch.arange(num_groups, device=weight.device) // (num_groups // num_classes)
-        off = owner[None] != torch.arange(num_classes, device=weight.device)[:, None]
+        weight = getattr(net, self.head)
+        owner = net.input_classes(self.head).to(weight.device)
+        off = owner[None] != torch.arange(weight.shape[0], device=weight.device)[:, None]
         return weight[off].abs().sum()
-

@@ -203,7 +203,9 @@ class ScaleProtoSeg(torch.nn.Module):
         self.num_prototypes = S * L * M
         # the authors' code draws prototypes in [0, 1), the range of the sigmoid features
         self.prototypes = torch.nn.Parameter(torch.rand(S, L * M, prototype_dim))
-        self.register_buffer("last_layer", proto_head_init(L, M, S))  # h_proto: fixed (no stage trains it)
+        # h_proto: fixed at its initialisation through stage 1 (no stage lists it as trainable, except the optional
+        # last-layer fine-tuning after the projection that the authors' code runs)
+        self.last_layer = torch.nn.Parameter(proto_head_init(L, M, S))
         bound = 1.0 / (S * M) ** 0.5
         self.group_weights = torch.nn.Parameter(project_rows_to_simplex(torch.empty(L, G, S * M).uniform_(-bound, bound)))
         self.group_last_layer = torch.nn.Parameter(proto_head_init(L, G))
@@ -227,6 +229,15 @@ class ScaleProtoSeg(torch.nn.Module):
     def prototype_class(self) -> torch.Tensor:
         """(P,) class of each prototype (flat index)."""
         return (torch.arange(self.num_prototypes) // self.prototypes_per_class) % self.num_classes
+
+    @torch.jit.unused
+    def input_classes(self, head: str) -> torch.Tensor:
+        """The class each input of a head belongs to: ``"last_layer"`` (P,) prototypes, ``"group_last_layer"`` (L·G,) groups."""
+        if head == "last_layer":
+            return self.prototype_class()
+        if head == "group_last_layer":
+            return torch.arange(self.num_classes * self.groups_per_class) // self.groups_per_class
+        raise ValueError(f"head must be 'last_layer' or 'group_last_layer', got {head!r}.")
 
     # the layers
 
