@@ -25,7 +25,7 @@ from multirater_monai.metrics.prototypes import (
     activation_components,
     group_overlap,
     object_parts,
-    part_hits,
+    part_presence,
     prototype_consistency,
     prototype_stability,
     prototypes_in_use,
@@ -72,9 +72,9 @@ def analyse(net: torch.nn.Module, items: list[dict], noise: float = 0.2, seed: i
                     comps[q][s] += count[sel].tolist()
                     areas[q][s] += area[sel].tolist()
             parts = object_parts(truth.numpy())
-            clean_hits.append(part_hits(act, owner, truth, parts))
+            clean_hits.append(part_presence(act, owner, truth, parts))
             noisy = image + noise * torch.randn(image.shape, generator=generator)
-            noisy_hits.append(part_hits(net.forward_all(noisy)["activations"][0], owner, truth, parts))
+            noisy_hits.append(part_presence(net.forward_all(noisy)["activations"][0], owner, truth, parts))
     clean, noisy_arr = np.stack(clean_hits), np.stack(noisy_hits)
     return {
         "prototypes_in_use": prototypes_in_use(net),
@@ -83,7 +83,7 @@ def analyse(net: torch.nn.Module, items: list[dict], noise: float = 0.2, seed: i
         "component_area": {str(q): [float(np.mean(v)) if v else float("nan") for v in areas[q]] for q in QUANTILES},
         "consistency": prototype_consistency(clean, active),
         "stability": prototype_stability(clean, noisy_arr, active),
-        "part_share": {name: float((clean[:, active] == k).sum() / max((clean[:, active] >= 0).sum(), 1)) for k, name in enumerate(PART_NAMES)},
+        "part_presence": {name: float(np.nanmean(clean[:, active, k])) for k, name in enumerate(PART_NAMES)},
     }
 
 

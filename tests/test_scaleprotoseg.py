@@ -20,7 +20,8 @@ from multirater_monai.metrics.prototypes import (
     activation_components,
     group_overlap,
     object_parts,
-    part_hits,
+    part_keypoints,
+    part_presence,
     prototype_consistency,
     prototype_stability,
 )
@@ -307,15 +308,26 @@ def test_interpretability_measures_on_known_maps():
     truth[8:19, 8:19] = 2  # large object
     parts = object_parts(truth, rim=1, radius_split=3.0)
     assert parts[3, 3] == 1 and parts[2, 2] == 0 and parts[13, 13] == 3 and parts[8, 12] == 2 and parts[0, 0] == -1
-    act = torch.zeros(2, 20, 20)
-    act[0, 12:15, 12:15] = 1.0  # prototype 0 (class 2) fires in the large core
-    act[1, 8, 8:19] = 1.0  # prototype 1 (class 2) on the large rim
-    hits = part_hits(act, torch.tensor([2, 2]), torch.as_tensor(truth), parts, quantile=0.9)
-    assert hits.tolist() == [3, 2]
-    assert prototype_consistency(np.array([[3, 2], [3, 0], [3, 2]]), np.array([True, True])) == 0.5
-    assert prototype_stability(np.array([[3, 2]]), np.array([[3, 0]]), np.array([True, True])) == 0.5
-    comps = activation_components(act, (0.9,))[0.9]
-    assert comps[0].tolist() == [1, 1] and comps[1].tolist() == [9, 11]
+    keypoints = part_keypoints(parts)
+    assert keypoints[1] == [(3, 3)] and keypoints[3] == [(13, 13)]
+    assert all(parts[pt] == 2 for pt in keypoints[2])  # the rim's keypoint lies on the rim
+    act = torch.zeros(3, 20, 20)
+    act[0, 12:15, 12:15] = 1.0  # prototype 0 (class 2) fires on the large core, around its keypoint
+    act[1, 8:19, 8] = 1.0  # prototype 1 (class 2) on the rim's left side
+    act[1][tuple(torch.tensor(keypoints[2][0]))] = 1.0
+    presence = part_presence(act, torch.tensor([2, 2, 1]), torch.as_tensor(truth), parts, quantile=0.8)
+    assert presence[0].tolist()[2:] == [0.0, 1.0] and np.isnan(presence[0, :2]).all()  # small parts: not in class 2
+    assert presence[1, 2] == 1.0 and presence[1, 3] == 0.0
+    assert np.isnan(presence[2, 2:]).all()  # class 1 holds no large object
+    # consistency: prototype 0 present at the core in 3 of 3 images, prototype 1 at no part in more than 0.8
+    stack = np.stack([presence, presence, presence])
+    stack[1, 1, 2] = 0.0
+    assert prototype_consistency(stack, np.array([True, True, False])) == 0.5
+    noisy = stack.copy()
+    noisy[0, 0, 3] = 0.0
+    assert prototype_stability(stack, noisy, np.array([True, True, True])) == pytest.approx(8 / 9)
+    comps = activation_components(act[:2], (0.9,))[0.9]
+    assert comps[0].tolist() == [1, 2] and comps[1].tolist() == [9, 6]
     groups = torch.zeros(2, 20, 20)
     groups[0, :10] = 1
     groups[1, 5:15] = 1

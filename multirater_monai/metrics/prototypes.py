@@ -5,9 +5,11 @@ The paper's consistency and stability (after Huang et al. 2023) need part annota
 Cityscapes-Panoptic-Parts). Synthetic data and most medical datasets have none; what they have is a truth of
 objects, from which :func:`object_parts` derives parts every object has: its *rim* (the pixels within
 ``rim`` pixels of its outline) and its *core* (the rest), each for *small* and *large* objects (equivalent
-radius below or above ``radius_split``). A prototype is *consistent* when the part it activates on is the same
-in at least ``0.8`` of the images holding its class; an activation is *stable* when that part does not change
-under Gaussian noise (σ = 0.2 on the normalised image, as in the authors' code).
+radius below or above ``radius_split``), each part component marked by one keypoint. As in Huang et al. and the
+authors' code, a part is *present* for a prototype on an image when one of its keypoints lies in the prototype's
+active region (its activation above the 80th percentile within its class); a prototype is *consistent* when some
+part is present in more than 0.8 of the images where that part exists; a (prototype, image) is *stable* when the
+presence of every part is unchanged under Gaussian noise (σ = 0.2 on the normalised image).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ __all__ = [
     "activation_components",
     "group_overlap",
     "object_parts",
-    "part_hits",
+    "part_keypoints",
+    "part_presence",
     "prototype_consistency",
     "prototype_stability",
     "prototypes_in_use",
@@ -117,43 +120,68 @@ def object_parts(truth: np.ndarray, rim: int = 2, radius_split: float = 6.3) -> 
     return parts
 
 
-def part_hits(activations: torch.Tensor, owner: torch.Tensor, truth: torch.Tensor, parts: np.ndarray, quantile: float = 0.8) -> np.ndarray:
-    """For each prototype, the part its strongest activations on its own class fall on: (P,) part index, -1 where
-    its class is absent from the image.
+def part_keypoints(parts: np.ndarray) -> list[list[tuple[int, ...]]]:
+    """For each part (0..3), one keypoint per connected component: the component's pixel nearest its centroid (a
+    rim's centroid lies outside the rim; the authors' centroids can fall off their part)."""
+    structure = np.ones((3,) * parts.ndim, dtype=bool)
+    out: list[list[tuple[int, ...]]] = []
+    for k in range(len(PART_NAMES)):
+        labels, n = ndimage.label(parts == k, structure=structure)
+        points = []
+        for j in range(1, n + 1):
+            coords = np.argwhere(labels == j)
+            centre = coords.mean(axis=0)
+            points.append(tuple(int(v) for v in coords[np.argmin(((coords - centre) ** 2).sum(axis=1))]))
+        out.append(points)
+    return out
 
-    Within the pixels of the prototype's class, the activation is binarised at its ``quantile`` (the top 20 %
-    by default, the authors' first threshold); the part holding most of those pixels is the hit.
+
+def part_presence(activations: torch.Tensor, owner: torch.Tensor, truth: torch.Tensor, parts: np.ndarray, quantile: float = 0.8) -> np.ndarray:
+    """Huang et al.'s presence on one image: (P, 4) with 1 where a keypoint of the part lies in the prototype's active
+    region, 0 where none does, NaN where the part is absent from the prototype's class in this image.
+
+    The active region: within the pixels of the prototype's class, its activation above its ``quantile`` (the
+    authors' first threshold, 0.8). Background prototypes and classes absent from the image give NaN rows.
     """
     truth = torch.as_tensor(truth).reshape(activations.shape[1:])
-    parts_t = torch.as_tensor(parts).reshape(activations.shape[1:])
-    hits = np.full(activations.shape[0], -1, dtype=np.int64)
-    for p in range(activations.shape[0]):
-        region = truth == int(owner[p])
-        if int(owner[p]) == 0 or int(region.sum()) == 0:
+    out = np.full((activations.shape[0], len(PART_NAMES)), np.nan)
+    for c in torch.unique(owner).tolist():
+        region = truth == c
+        if c == 0 or int(region.sum()) == 0:
             continue
-        values = activations[p][region].float()
-        top = _above(values[None], torch.quantile(values, quantile).reshape(1, 1))[0]
-        counts = torch.bincount(parts_t[region][top].clamp_min(0), minlength=len(PART_NAMES))
-        hits[p] = int(counts.argmax())
-    return hits
+        class_parts = np.where(region.numpy(), parts, -1)
+        keypoints = part_keypoints(class_parts)
+        for p in torch.nonzero(owner == c).flatten().tolist():
+            values = activations[p].float()
+            threshold = torch.quantile(values[region], quantile)
+            active = (_above(values[region][None], threshold.reshape(1, 1))[0])
+            mask = torch.zeros_like(region)
+            mask[region] = active
+            for k, points in enumerate(keypoints):
+                if points:
+                    out[p, k] = float(any(bool(mask[pt]) for pt in points))
+    return out
 
 
-def prototype_consistency(hits: np.ndarray, active: np.ndarray, threshold: float = 0.8) -> float:
-    """Share of the (active, foreground) prototypes whose most frequent part, over the images holding their class,
-    is hit in at least ``threshold`` of them. ``hits`` (images, P) from :func:`part_hits`."""
+def prototype_consistency(presence: np.ndarray, active: np.ndarray, threshold: float = 0.8) -> float:
+    """Share of the (active, foreground) prototypes consistent on some part: present at it in more than ``threshold``
+    of the images where that part exists in the prototype's class. ``presence`` (images, P, 4) from
+    :func:`part_presence`."""
+    with np.errstate(invalid="ignore"):
+        rate = np.nanmean(presence, axis=0) if len(presence) else np.full(presence.shape[1:], np.nan)  # (P, 4)
     scores = []
-    for p in range(hits.shape[1]):
-        column = hits[:, p]
-        column = column[column >= 0]
-        if not active[p] or len(column) == 0:
+    for p in range(presence.shape[1]):
+        if not active[p] or np.all(np.isnan(rate[p])):
             continue
-        scores.append(np.bincount(column).max() / len(column) >= threshold)
+        scores.append(np.nanmax(rate[p]) > threshold)
     return float(np.mean(scores)) if scores else float("nan")
 
 
 def prototype_stability(clean: np.ndarray, noisy: np.ndarray, active: np.ndarray) -> float:
-    """Share of the (image, active prototype) pairs whose hit part is the same with and without noise."""
-    valid = (clean >= 0) & active[None]
-    if not valid.any():
+    """Share of the (image, active prototype) pairs whose part presence is the same with and without noise (absent
+    parts count as 0, as in the authors' code). ``clean``, ``noisy`` (images, P, 4)."""
+    defined = ~np.all(np.isnan(clean), axis=2) & active[None]  # the prototype's class is in the image
+    if not defined.any():
         return float("nan")
-    return float((clean[valid] == noisy[valid]).mean())
+    same = np.all(np.nan_to_num(clean) == np.nan_to_num(noisy), axis=2)
+    return float(same[defined].mean())
