@@ -49,3 +49,15 @@ def test_each_synthetic_layout_gets_its_own_small_set():
     assert synthetic_folder_name(2, 2, None, default) == "2d_2class"
     tax = {"raters": ["dilated", "eroded", "simplified", "none"], "labels_per_image": 1, "scanners": True}
     assert synthetic_folder_name(2, 2, None, tax).startswith("2d_2class_") and synthetic_folder_name(2, 2, None, tax) != synthetic_folder_name(2, 2, None, {**tax, "assignment": "scanner"})
+
+
+def test_the_step_is_timed_in_the_stage_the_bundle_names(tmp_path):
+    """ScaleProtoSeg trains mostly in its joint stage (the grouping stages train 240 numbers on a frozen trunk): its
+    cost is measured there, and any other epoch stage can be asked for; an unknown one is refused."""
+    from multirater_monai.benchmark.cost import measure_train_step
+
+    joint = measure_train_step("scaleprotoseg", 2, steps=1, warmup=0, data_dir=tmp_path)
+    grouping = measure_train_step("scaleprotoseg:cost_stage=group_joint", 2, steps=1, warmup=0, data_dir=tmp_path)
+    assert joint["stage"] == "joint" and grouping["stage"] == "group_joint"
+    with pytest.raises(ValueError, match="cost_stage 'nope'"):
+        measure_train_step("scaleprotoseg:cost_stage=nope", 2, steps=1, warmup=0, data_dir=tmp_path)

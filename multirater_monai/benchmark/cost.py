@@ -1,7 +1,8 @@
 """Train-step time, peak memory and size of a bundle variant: the cost columns of the leaderboard.
 
 The bundle's own ``train.json`` (with ``3d.json`` merged over it for 3D) builds the trainer: its network, loss,
-optimiser, training step and schedule (the step is timed in the schedule's last stage), on a batch that the
+optimiser, training step and schedule (the step is timed in the stage the config names `cost_stage`, else the
+schedule's last stage), on a batch that the
 bundle's own pre-processing makes from a small synthetic set (generated once under ``data_dir``), so the figures
 are those of what the bundle trains. Run one measurement per process (``python -m
 multirater_monai.benchmark.cost SPEC DIMS``): peak memory is the growth of the process's peak resident set over
@@ -78,7 +79,7 @@ def measure_train_step(
 ) -> dict:
     """Time ``steps`` train steps of a bundle variant in ``dims``-D: the bundle's own trainer and training step
     (forward, loss, backward, optimiser step, iteration events) on a batch from its own pre-processing, in the
-    last stage of its schedule."""
+    stage its config names ``cost_stage`` (default: the last stage of its schedule)."""
     bundle, overrides = parse_bundle_spec(spec)
     root = Path(root) if root is not None else _repository_root()
     data_dir = Path(data_dir)
@@ -104,10 +105,18 @@ def measure_train_step(
     trainer = parser.get_parsed_content("train#trainer")
     batch = next(iter(trainer.data_loader))
     schedule = trainer.schedule
-    if schedule is not None:  # the main stage: the last one with epochs, after the actions before it (a teacher captured)
-        last = schedule.epoch_stages[-1]
+    stage_name = None
+    if schedule is not None:
+        # the main stage: the bundle's ``cost_stage`` (where most of its training goes), else the last one with
+        # epochs, after the actions before it (a teacher captured)
+        wanted = parser.get("cost_stage")
+        stages = {s.name: s for s in schedule.epoch_stages}
+        if wanted is not None and wanted not in stages:
+            raise ValueError(f"{bundle}: cost_stage '{wanted}' is not an epoch stage of its schedule ({sorted(stages)}).")
+        last = stages[wanted] if wanted is not None else schedule.epoch_stages[-1]
         schedule.run_actions(trainer, schedule.starts[last.name])
         schedule.enter(trainer, last)
+        stage_name = last.name
     trainer.state.iteration, trainer.state.epoch = 1, 1
 
     def step() -> None:
@@ -138,6 +147,7 @@ def measure_train_step(
         peak, base_mib = _rss_peak_mib(), base
     return {
         "bundle": spec,
+        "stage": stage_name,
         "dims": dims,
         "device": device,
         "batch": int(batch["image"].shape[0]),
