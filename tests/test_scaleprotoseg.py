@@ -365,7 +365,7 @@ def _run(bundle: Path, overrides: dict, args: tuple = ()):
 def test_every_stage_runs_and_an_interruption_after_the_projection_resumes_to_the_same_weights(tmp_path):
     """Warm-up, joint, projection, last-layer fine-tuning, grouping warm-up, grouping, threshold in one config (6
     epochs); stopped after the projection and the fine-tuning epoch (epoch 3) and resumed, the run ends with the
-    weights of the uninterrupted one."""
+    weights of the uninterrupted one; resumed from a checkpoint whose weights predate the projection, it is refused."""
     straight = _bundle_copy(tmp_path / "a")
     proc = _run(straight, _overrides(straight, max_epochs=6))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -383,6 +383,20 @@ def test_every_stage_runs_and_an_interruption_after_the_projection_resumes_to_th
     fixed = "$multirater_monai.engines.scaleprotoseg_epochs(6, 1, 1, 1, 1)"
     first = _run(interrupted, _overrides(interrupted, max_epochs=3, stage_epochs=fixed))
     assert first.returncode == 0, first.stderr[-3000:]
+    # a copy of the interrupted run whose checkpoint holds weights that predate the projection (its schedule does not):
+    # resumed into the grouping stages, it stops with the reason before training a step
+    tampered = _bundle_copy(tmp_path / "c")
+    shutil.copytree(interrupted / "models", tampered / "models")
+    ckpt_file = tampered / "models" / "checkpoints" / "train_checkpoint_epoch=3.pt"
+    ckpt = torch.load(ckpt_file, weights_only=False)
+    ckpt["network"]["projected"] = torch.tensor(False)
+    ckpt["network"]["grouped"] = torch.tensor(False)
+    torch.save(ckpt, ckpt_file)
+    refused = _run(tampered, _overrides(tampered, max_epochs=6, stage_epochs=fixed), ("--resume", "true"))
+    from tests.test_bundles import _fails_with_one_line
+
+    _fails_with_one_line(refused, "the prototypes projected")
+
     again = _run(interrupted, _overrides(interrupted, max_epochs=6, stage_epochs=fixed), ("--resume", "true"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "stage 'projection'" not in again.stdout + again.stderr  # done before the interruption, not again
@@ -391,22 +405,6 @@ def test_every_stage_runs_and_an_interruption_after_the_projection_resumes_to_th
     assert not torch.equal(a["last_layer"], torch.load(straight / "models" / "projected.pt", weights_only=True)["last_layer"])
     for key, value in a.items():
         assert torch.equal(b[key], value), key
-
-
-@pytest.mark.slow
-def test_resuming_into_grouping_without_projected_prototypes_is_refused(tmp_path):
-    bundle = _bundle_copy(tmp_path)
-    fixed = "$multirater_monai.engines.scaleprotoseg_epochs(6, 1, 1, 1, 1)"
-    assert _run(bundle, _overrides(bundle, max_epochs=4, stage_epochs=fixed)).returncode == 0
-    ckpt_file = bundle / "models" / "checkpoints" / "train_checkpoint_epoch=4.pt"
-    ckpt = torch.load(ckpt_file, weights_only=False)
-    ckpt["network"]["projected"] = torch.tensor(False)  # weights that predate the projection, schedule that does not
-    ckpt["network"]["grouped"] = torch.tensor(False)
-    torch.save(ckpt, ckpt_file)
-    from tests.test_bundles import _fails_with_one_line
-
-    proc = _run(bundle, _overrides(bundle, max_epochs=6, stage_epochs=fixed), ("--resume", "true"))
-    _fails_with_one_line(proc, "needs the prototypes projected")
 
 
 @pytest.mark.slow

@@ -272,6 +272,18 @@ class PrototypeProjection:
             return data[case].get("image") if isinstance(data[case], Mapping) else case
         return case
 
+    def start_grouping(self, engine: Engine | None = None) -> None:
+        """The action that starts stage 2 (``network.start_grouping()``), refused with the reason when the network's
+        prototypes were never projected (a checkpoint whose weights predate the projection)."""
+        net = unwrap_network(self.network)
+        if not bool(net.projected):
+            raise UserError(
+                "the grouping stage needs the prototypes projected, and the network's never were: the checkpoint this run "
+                "resumed from predates the projection, or its schedule and its weights disagree. Resume from a checkpoint "
+                "saved after the projection, or start the run again."
+            )
+        net.start_grouping()
+
     def require_projected(self, engine: Engine | None = None) -> None:
         """``on_start`` of the stage-2 stages: refuse to train groups on prototypes that were never projected."""
         net = unwrap_network(self.network)
