@@ -47,12 +47,7 @@ def analyse(net: torch.nn.Module, items: list[dict], noise: float = 0.2, seed: i
     net.eval()
     owner = net.prototype_class()
     scale = net.prototype_scale()
-    active = net.prototype_active.flatten().numpy() & (owner.numpy() > 0)
-    if bool(net.grouped):  # in use after grouping: weighed by some group
-        used = torch.zeros(net.num_prototypes, dtype=torch.bool)
-        gm = net.group_matrix().detach()
-        used |= (gm > 0).any(dim=0)
-        active = active & used.numpy()
+    active = net.used_prototypes().numpy() & (owner.numpy() > 0)
     generator = torch.Generator().manual_seed(seed)
     inter = union = 0.0
     comps = {q: [[] for _ in range(net.num_scales)] for q in QUANTILES}

@@ -22,6 +22,7 @@ from ignite.engine import Engine, Events
 
 from multirater_monai.engines.adapters import unwrap_network
 from multirater_monai.errors import UserError
+from multirater_monai.losses.scaleprotoseg import pixel_classes
 
 __all__ = ["PrototypeProjection", "GroupThreshold", "scaleprotoseg_epochs", "with_simplex_projection"]
 
@@ -204,7 +205,7 @@ class PrototypeProjection:
                 z = net.scale_features(F.pad(image, pad)[None].to(device))
                 z = z[(slice(None), slice(None)) + tuple(slice(0, n) for n in size)]  # back to the image
                 dist = net.distances(z)[0].flatten(1).cpu()  # (P, N)
-                classes = torch.where(target.sum(0) > 0, target.argmax(0), torch.full(size, -1)).flatten()
+                classes = pixel_classes(target[None])[0].flatten()
                 same = classes[None] == owner[:, None]  # (P, N)
                 dist = torch.where(same, dist, torch.full_like(dist, float("inf")))
                 value, where = dist.min(dim=1)

@@ -354,9 +354,14 @@ class ScaleProtoSeg(torch.nn.Module):
         return int(small.sum())
 
     @torch.jit.unused
+    def used_prototypes(self) -> torch.Tensor:
+        """(P,) bool: the prototypes the decision uses: the active ones in stage 1; after grouping, those some group weighs."""
+        used = self.prototype_active.flatten()
+        if bool(self.grouped):
+            used = used & (self.group_matrix().detach() > 0).any(dim=0)
+        return used
+
+    @torch.jit.unused
     def prototypes_in_use(self) -> torch.Tensor:
-        """(L,) prototypes each class's decision uses: active ones in stage 1; after grouping, those some group weighs."""
-        if not bool(self.grouped):
-            return self.prototype_active.reshape(self.num_scales, self.num_classes, -1).sum(dim=(0, 2))
-        used = (self.group_weights > 0).any(dim=1)  # (L, S·M)
-        return (used & self.active_group_mask()[:, 0]).sum(dim=1)
+        """(L,) the number of :meth:`used_prototypes` of each class."""
+        return torch.bincount(self.prototype_class()[self.used_prototypes()], minlength=self.num_classes)
