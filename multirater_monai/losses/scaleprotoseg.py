@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from multirater_monai.engines.adapters import unwrap_network
 
 __all__ = ["PrototypeDiversityLoss", "GroupEntropyLoss", "OffClassWeightL1"]
 
@@ -19,6 +18,17 @@ def pixel_classes(target: torch.Tensor) -> torch.Tensor:
     target = target.float()
     classes = target.argmax(dim=1)
     return torch.where(target.sum(dim=1) > 0, classes, torch.full_like(classes, -1))
+
+
+def _unwrapped(network: torch.nn.Module) -> torch.nn.Module:
+    """The network inside its DDP / adapter wrappers.
+
+    Imported here, not at module level: the engines import this module (``pixel_classes``), so a module-level
+    import of ``multirater_monai.engines`` would make importing ``multirater_monai.losses`` first a cycle.
+    """
+    from multirater_monai.engines.adapters import unwrap_network
+
+    return unwrap_network(network)
 
 
 class PrototypeDiversityLoss(torch.nn.Module):
@@ -96,7 +106,7 @@ class GroupEntropyLoss(torch.nn.Module):
         self.eps = float(eps)
 
     def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> torch.Tensor:
-        w = unwrap_network(self._network[0]).group_weights
+        w = _unwrapped(self._network[0]).group_weights
         entropy = -(w * torch.log(w + self.eps)).sum(dim=-1) / torch.log(torch.tensor(float(w.shape[-1])))
         return entropy.mean()
 
@@ -115,7 +125,7 @@ class OffClassWeightL1(torch.nn.Module):
         self.head = head
 
     def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> torch.Tensor:
-        net = unwrap_network(self._network[0])
+        net = _unwrapped(self._network[0])
         weight = getattr(net, self.head)
         owner = net.input_classes(self.head).to(weight.device)
         off = owner[None] != torch.arange(weight.shape[0], device=weight.device)[:, None]
