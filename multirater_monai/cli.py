@@ -6,6 +6,7 @@ Subcommands:
     ``multirater prepare``     read a real dataset (LIDC-IDRI, BraTS, QUBIQ, MS lesions), check it, write a datalist.
     ``multirater sync-bundles`` write the shared configuration blocks into the bundles (``--check``: only compare).
     ``multirater benchmark``   train and evaluate every method and baseline on the same data: the leaderboard.
+    ``multirater export-slicer`` a 3D Slicer review package from a bundle's inference output folder.
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ def _build_parser() -> argparse.ArgumentParser:
     from multirater_monai.benchmark.command import add_benchmark_parser
 
     add_benchmark_parser(sub)
+
+    from multirater_monai.slicer.command import add_export_slicer_parser
+
+    add_export_slicer_parser(sub)
     return parser
 
 

@@ -338,6 +338,20 @@ def test_inference_writes_segmentations_in_input_geometry(trained_bundle, tmp_pa
 
 
 @pytest.mark.slow
+def test_trained_model_serves_as_monailabel_loads_it(trained_bundle):
+    """The trained ``models/model.pt`` is a plain state dict that MONAI Label's bundle infer task loads strictly
+    (``weights_only=True``) into ``network_def``, and the consensus and every label view run on an input image."""
+    from multirater_monai.serving import BundleInference
+
+    inference = BundleInference(trained_bundle["bundle"])
+    image = sorted((trained_bundle["repo"] / "datasets" / "tiny" / "images").glob("*.nii.gz"))[0]
+    shape = nib.load(image).shape
+    for view in [None, *(v.name for v in inference.views())]:
+        pred = inference.run(image, view)["pred"]
+        assert tuple(pred.shape) == shape, view
+
+
+@pytest.mark.slow
 def test_ckpt_export_torchscript(trained_bundle, tmp_path):
     bundle = trained_bundle["bundle"]
     ts_file = tmp_path / "model.ts"

@@ -13,8 +13,7 @@ def test_every_module_imports_first():
     An import cycle between subpackages shows only when a particular module is imported first (CI once failed on
     ``from multirater_monai.losses import CMNetLoss`` while the rest of the suite, importing the engines first, passed).
     """
-    script = textwrap.dedent(
-        """
+    script = textwrap.dedent("""
         import importlib, pkgutil, sys, traceback
         import multirater_monai
         names = ["multirater_monai"] + [m.name for m in pkgutil.walk_packages(multirater_monai.__path__, "multirater_monai.")]
@@ -28,8 +27,7 @@ def test_every_module_imports_first():
                 failed.append(f"{name}: {type(error).__name__}: {error}")
         print(len(names))
         print("\\n".join(failed))
-        """
-    )
+        """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
