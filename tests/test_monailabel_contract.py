@@ -127,7 +127,8 @@ def test_3d_model_is_served_with_the_3d_variant(tmp_path):
     check_label(inference.run(image, "rater_over"), image, inference.labels)
 
 
-def _with_spacing(config: dict) -> None:
+def with_spacing(config: dict) -> None:
+    """Edit an inference config: resample the image to 1 mm before the network (a bundle that uses Spacingd)."""
     transforms = config["preprocessing"]["transforms"]
     transforms.insert(1, {"_target_": "Spacingd", "keys": "image", "pixdim": [1.0, 1.0], "mode": "bilinear"})
 
@@ -143,7 +144,7 @@ def test_resampling_bundle_survives_image_path(tmp_path):
     out = SetAsided(Compose([load, spacing]))(dict(data))
     assert out["image_path"] == str(image) and out["image"].shape[1:] == (51, 51)  # 72 x 0.7 mm, 64 x 0.8 mm at 1 mm
 
-    bundle = scratch_bundle("fused_unet", tmp_path / "bundles" / "fused_unet", edit=_with_spacing)
+    bundle = scratch_bundle("fused_unet", tmp_path / "bundles" / "fused_unet", edit=with_spacing)
     inference = BundleInference(bundle)
     # resampled for the network, back on the input's grid for the label (MONAI Label's Restored)
     check_label(inference.run(image), image, inference.labels)

@@ -6,7 +6,7 @@ reason printed (CI has no such environment; the contract tests in ``test_monaila
 
 Each bundle is copied into a scratch ``bundles/`` folder with a ``model.pt`` of its ``network_def`` (freshly
 initialised: serving does not depend on what was learned, and the harness checks trained files separately), plus a
-3D copy of ``fused_unet`` and ``cmnet`` holding a 3D model. The app is started on loopback, ``/info/`` must list
+3D copy of each holding a 3D model, and a copy of ``fused_unet`` whose pre-processing resamples (``Spacingd``). The app is started on loopback, ``/info/`` must list
 every bundle and view with its labels, and ``/infer/<task>`` must return, for every task, a label file with the
 input's shape and affine whose values are background or one of the task's labels.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,14 +26,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from monai.bundle import ConfigParser
 
 from multirater_monai.serving import BundleInference
+from test_monailabel_contract import scratch_bundle, with_spacing
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(p.name for p in (ROOT / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
-THREE_D = ["fused_unet", "cmnet"]
 
 
 def _environment() -> Path | None:
@@ -46,18 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _scratch_bundle(name: str, target: Path, variant: str | None = None) -> None:
-    shutil.copytree(
-        ROOT / "bundles" / name, target, ignore=shutil.ignore_patterns("models", "runs", "eval", "predictions")
-    )
-    files = [str(target / "configs" / "inference.json")] + ([str(target / "configs" / variant)] if variant else [])
-    parser = ConfigParser()
-    parser.read_config(files)
-    (target / "models").mkdir()
-    torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), target / "models" / "model.pt")
 
 
 def _get(url: str, timeout: float = 30) -> bytes:
@@ -80,9 +65,10 @@ def test_every_bundle_and_view_served_by_monailabel(tmp_path):
         pytest.skip(reason)
     bundles = tmp_path / "bundles"
     for name in BUNDLES:
-        _scratch_bundle(name, bundles / name)
-    for name in THREE_D:
-        _scratch_bundle(name, bundles / f"{name}_3d", variant="3d.json")
+        scratch_bundle(name, bundles / name)
+        scratch_bundle(name, bundles / f"{name}_3d", variant="3d.json")
+    # a bundle that resamples its input (MONAI's Spacingd meets MONAI Label's image_path)
+    scratch_bundle("fused_unet", bundles / "fused_unet_spacing", edit=with_spacing)
     studies = tmp_path / "studies"
     studies.mkdir()
     rng = np.random.default_rng(0)
