@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 __all__ = ["add_export_slicer_parser"]
 
@@ -22,7 +23,7 @@ def _export(args: argparse.Namespace) -> int:
     segments = sum(len(c["segments"]) for c in cases.values())
     volumes = sum(len(c["volumes"]) for c in cases.values())
     print(f"{len(cases)} case(s), {segments} segments, {volumes} volumes written to {args.out}")
-    print(f"open in 3D Slicer: Slicer --python-script {args.out}/load_in_slicer.py")
+    print(f"open in 3D Slicer: Slicer --python-script {Path(args.out) / 'load_in_slicer.py'}")
     return 0
 
 
