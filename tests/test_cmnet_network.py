@@ -266,3 +266,37 @@ def test_chunked_recomputed_heads_give_the_same_values_and_gradients(spatial_dim
         torch.testing.assert_close(b.grad, a.grad, msg=name)
     for (name, a), (_, b) in zip(plain.named_buffers(), chunked.named_buffers()):
         torch.testing.assert_close(b, a, msg=name)  # running statistics updated once, not per chunk or recomputation
+
+
+@pytest.mark.parametrize("cm_type", ["pixel", "low_rank"])
+@pytest.mark.parametrize("head_level, head_upsample", [(0, "nearest"), (1, "nearest"), (1, "learned")])
+def test_shared_hidden_heads(cm_type, head_level, head_upsample):
+    """head_hidden "shared": one pair of hidden blocks of head_channels for all raters, a per-rater output layer;
+    the identity prior and forward_train's values hold as with per-rater heads."""
+    kwargs = {"head_level": head_level, "head_upsample": head_upsample, "num_raters": 3}
+    shared = _net(2, cm_type, head_hidden="shared", **kwargs).eval()
+    per_rater = _net(2, cm_type, **kwargs).eval()
+    hidden = [m for m in shared.annotator.head.heads.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in hidden] == [SMALL["head_channels"]] * 2 and hidden[1].groups == 1
+    per_rater_hidden = [m for m in per_rater.annotator.head.heads.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in per_rater_hidden] == [3 * SMALL["head_channels"]] * 2
+    assert shared.annotator.head.heads.out.out_channels == per_rater.annotator.head.heads.out.out_channels
+    cm = shared.forward_all(_image(2))["cm"]
+    assert cm.shape == (2, 3, L, L, 8, 8)
+    expected = torch.softmax(3.0 * torch.eye(L), 0)[None, None, :, :, None, None].expand_as(cm)
+    torch.testing.assert_close(cm, expected)  # the identity prior, exactly
+    # once the output layer moves, the raters differ although they share the hidden features
+    with torch.no_grad():
+        for p in shared.annotator.head.heads.out.parameters():
+            p.add_(torch.randn_like(p))
+    out, train = shared.forward_all(_image(2)), shared.forward_train(_image(2))
+    assert not torch.allclose(out["cm"][:, 0], out["cm"][:, 1])
+    torch.testing.assert_close(train["rater_probs"], out["rater_probs"])
+    torch.testing.assert_close(train["cm_trace"], torch.diagonal(out["cm"], dim1=2, dim2=3).sum(-1))
+
+
+def test_head_hidden_errors():
+    from multirater_monai.errors import UserError
+
+    with pytest.raises(UserError, match="head_hidden must be one of"):
+        _net(2, "pixel", head_hidden="grouped")

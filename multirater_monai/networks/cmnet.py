@@ -29,10 +29,11 @@ from multirater_monai.networks.confusion_heads import (
 )
 from multirater_monai.networks.feature_unet import FeatureUNet
 
-__all__ = ["CM_TYPES", "HEAD_UPSAMPLES", "CMNet", "CMNetAnnotator", "CMNetOutput", "cm_memory_elements"]
+__all__ = ["CM_TYPES", "HEAD_HIDDEN", "HEAD_UPSAMPLES", "CMNet", "CMNetAnnotator", "CMNetOutput", "cm_memory_elements"]
 
 CM_TYPES = ("pixel", "low_rank", "global")
 HEAD_UPSAMPLES = ("nearest", "learned")
+HEAD_HIDDEN = ("per_rater", "shared")
 
 
 class CMNetOutput(TypedDict):
@@ -149,6 +150,9 @@ class CMNet(torch.nn.Module):
             batch chunks and recomputes them in the backward pass (activation checkpointing), so the
             (B, R, L, L, *S) matrices are never all in memory; ``0``: one pass, kept for the backward pass.
             Values and gradients are the same either way.
+        head_hidden: ``"per_rater"`` (the paper's: each rater's head has its own ``head_channels`` hidden
+            channels) or ``"shared"``: one pair of hidden blocks for all raters, only the output layer per rater
+            (``R`` times fewer hidden channels at the heads' resolution, where their cost lies).
 
     Shapes:
         ``forward``: (B, C, *S) -> (B, L, *S) logits. Spatial sizes must be divisible by ``prod(strides)``.
@@ -176,6 +180,7 @@ class CMNet(torch.nn.Module):
         head_kernel_size: int = 3,
         head_upsample: str = "nearest",
         head_chunks: int = 0,
+        head_hidden: str = "per_rater",
     ) -> None:
         super().__init__()
         if cm_type not in CM_TYPES:
@@ -193,6 +198,8 @@ class CMNet(torch.nn.Module):
             raise UserError("CM-Net: head_level 1 puts the heads inside the segmentation U-Net; it needs shared_trunk true.")
         if head_upsample not in HEAD_UPSAMPLES:
             raise UserError(f"CM-Net: head_upsample must be one of {HEAD_UPSAMPLES}, got {head_upsample!r}.")
+        if head_hidden not in HEAD_HIDDEN:
+            raise UserError(f"CM-Net: head_hidden must be one of {HEAD_HIDDEN}, got {head_hidden!r}.")
         if int(head_chunks) < 0:
             raise UserError(f"CM-Net: head_chunks must be 0 (no recomputation) or positive, got {head_chunks}.")
         self.head_chunks = int(head_chunks)
@@ -218,12 +225,12 @@ class CMNet(torch.nn.Module):
         if cm_type == "pixel":
             head = PixelConfusionHead(
                 spatial_dims, head_in, num_classes, num_raters, head_channels, norm, act, identity_init, head_kernel_size,
-                out_stride,
+                out_stride, head_hidden == "shared",
             )
         elif cm_type == "low_rank":
             head = LowRankConfusionHead(
                 spatial_dims, head_in, num_classes, num_raters, rank, head_channels, norm, act, identity_init,
-                head_kernel_size, out_stride,
+                head_kernel_size, out_stride, head_hidden == "shared",
             )
         else:
             head = GlobalConfusionMatrices(num_classes, num_raters, identity_init)

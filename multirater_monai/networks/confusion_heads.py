@@ -31,6 +31,10 @@ class RaterConvHeads(torch.nn.Module):
     sees its own hidden channels: the result is ``R`` independent heads (up to normalisation layers
     that mix channels, e.g. group norm, and a PReLU whose single slope is shared).
 
+    With ``shared_hidden`` the two conv blocks are one ``hidden_channels`` block pair for all raters and
+    only the output layer is per rater (``R * K`` outputs of the same hidden features): ``R`` times fewer
+    hidden channels, which is where the heads' cost lies at full resolution (not the paper's layout).
+
     Args:
         spatial_dims: 2 or 3.
         in_channels: feature channels ``F``.
@@ -41,6 +45,7 @@ class RaterConvHeads(torch.nn.Module):
         act: activation of the conv blocks.
         kernel_size: kernel size of the conv blocks.
         out_stride: up-sampling factor of the output layer (1: a 1×1 convolution).
+        shared_hidden: one pair of conv blocks for all raters (see above).
 
     Shapes:
         input (B, F, *S) -> output (B, R, K, *(S · out_stride)).
@@ -57,25 +62,28 @@ class RaterConvHeads(torch.nn.Module):
         act: tuple | str = "PRELU",
         kernel_size: int = 3,
         out_stride: int = 1,
+        shared_hidden: bool = False,
     ) -> None:
         super().__init__()
         if num_raters < 1 or out_channels < 1 or hidden_channels < 1 or out_stride < 1:
             raise ValueError("num_raters, out_channels, hidden_channels and out_stride must be positive.")
         self.num_raters = num_raters
         self.out_channels = out_channels
-        hidden = num_raters * hidden_channels
+        # the hidden blocks' groups: one per rater, or one for all (shared_hidden)
+        self.groups = 1 if shared_hidden else num_raters
+        hidden = hidden_channels if shared_hidden else num_raters * hidden_channels
         self.blocks = torch.nn.Sequential(
             Convolution(spatial_dims, in_channels, hidden, kernel_size=kernel_size, norm=norm, act=act),
             Convolution(
-                spatial_dims, hidden, hidden, kernel_size=kernel_size, norm=norm, act=act, groups=num_raters
+                spatial_dims, hidden, hidden, kernel_size=kernel_size, norm=norm, act=act, groups=self.groups
             ),
         )
         self.out: torch.nn.Module
         if out_stride == 1:
-            self.out = Conv[Conv.CONV, spatial_dims](hidden, num_raters * out_channels, kernel_size=1, groups=num_raters)
+            self.out = Conv[Conv.CONV, spatial_dims](hidden, num_raters * out_channels, kernel_size=1, groups=self.groups)
         else:
             self.out = Conv[Conv.CONVTRANS, spatial_dims](
-                hidden, num_raters * out_channels, kernel_size=out_stride, stride=out_stride, groups=num_raters
+                hidden, num_raters * out_channels, kernel_size=out_stride, stride=out_stride, groups=self.groups
             )
 
     def zero_outputs(self, start: int, stop: int) -> None:
@@ -84,7 +92,10 @@ class RaterConvHeads(torch.nn.Module):
         with torch.no_grad():
             for r in range(self.num_raters):
                 self.out.bias[r * k + start : r * k + stop].zero_()
-                if self.out.transposed:
+                if self.out.transposed and self.groups == 1:
+                    # (in, out, *kernel): every input feeds rater r's outputs r·k + [start, stop)
+                    self.out.weight[:, r * k + start : r * k + stop].zero_()
+                elif self.out.transposed:
                     # (in, out / groups, *kernel): rater r's inputs are its group's rows
                     rows = self.out.weight.shape[0] // self.num_raters
                     self.out.weight[r * rows : (r + 1) * rows, start:stop].zero_()
@@ -137,6 +148,7 @@ class PixelConfusionHead(_ConvConfusionHead):
         identity_init: diagonal score offset ``delta`` of the initial matrices.
         kernel_size: kernel size of the heads' two conv blocks.
         out_stride: up-sampling factor of the heads' output layer (see :class:`RaterConvHeads`).
+        shared_hidden: one pair of hidden conv blocks for all raters (see :class:`RaterConvHeads`).
 
     Shapes:
         input (B, F, *S) -> output (B, R, L, L, *(S · out_stride)), columns (axis 2) summing to 1.
@@ -154,13 +166,14 @@ class PixelConfusionHead(_ConvConfusionHead):
         identity_init: float = 3.0,
         kernel_size: int = 3,
         out_stride: int = 1,
+        shared_hidden: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_raters = num_raters
         self.heads = RaterConvHeads(
             spatial_dims, in_channels, num_raters, num_classes * num_classes, hidden_channels, norm, act, kernel_size,
-            out_stride,
+            out_stride, shared_hidden,
         )
         if identity_init != 0:
             self.heads.zero_outputs(0, num_classes * num_classes)
@@ -208,6 +221,7 @@ class LowRankConfusionHead(_ConvConfusionHead):
         identity_init: initial identity residual ``c``.
         kernel_size: kernel size of the heads' two conv blocks.
         out_stride: up-sampling factor of the heads' output layer (see :class:`RaterConvHeads`).
+        shared_hidden: one pair of hidden conv blocks for all raters (see :class:`RaterConvHeads`).
 
     Shapes:
         input (B, F, *S) -> output (B, R, L, L, *(S · out_stride)), columns (axis 2) summing to 1.
@@ -226,6 +240,7 @@ class LowRankConfusionHead(_ConvConfusionHead):
         identity_init: float = 3.0,
         kernel_size: int = 3,
         out_stride: int = 1,
+        shared_hidden: bool = False,
     ) -> None:
         super().__init__()
         if rank < 1:
@@ -235,7 +250,8 @@ class LowRankConfusionHead(_ConvConfusionHead):
         self.rank = rank
         per_rater = 2 * num_classes * rank
         self.heads = RaterConvHeads(
-            spatial_dims, in_channels, num_raters, per_rater, hidden_channels, norm, act, kernel_size, out_stride
+            spatial_dims, in_channels, num_raters, per_rater, hidden_channels, norm, act, kernel_size, out_stride,
+            shared_hidden,
         )
         self.residual = torch.nn.Parameter(torch.full((num_raters,), float(identity_init)))
         if identity_init != 0:
