@@ -228,7 +228,15 @@ class BundleInference:
         return self.bundle_dir / "models" / MODEL
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """``models/model.pt`` loaded with ``weights_only=True`` (what recent torch does by default)."""
+        """``models/model.pt`` loaded with ``weights_only=True`` (what recent torch does by default); read once and
+        again only when the file changes (a retrained model), not for every network built from it."""
+        stat = self.model_path.stat()
+        key = (stat.st_mtime_ns, stat.st_size)
+        if getattr(self, "_state", None) is None or self._state[0] != key:
+            self._state = (key, self._read_state_dict())
+        return self._state[1]
+
+    def _read_state_dict(self) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(self.model_path, map_location=self.device, weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unpickling failure is the file's fault

@@ -195,22 +195,18 @@ class _Plan:
         reference = _load(case.consensus)
         self.shape = tuple(reference.shape)
         self.affine = reference.affine
-        image = _grid(case.image, self.shape, self.affine, case.consensus).astype(np.float32)
+        image = self._on_grid(case.image).astype(np.float32)
         channels = [image] if image.ndim == len(self.shape) else [image[..., c] for c in range(image.shape[-1])]
         self.images = {"image" if len(channels) == 1 else f"image_{c}": a for c, a in enumerate(channels)}
         self.ijk_to_lps = RAS_TO_LPS @ self.affine
         self.class_names = dict(class_names)
-        consensus = _grid(case.consensus, self.shape, self.affine, case.consensus)
+        consensus = np.asarray(reference.dataobj)
         self.segment_sources: list[tuple[str, np.ndarray]] = [("consensus", consensus)]
-        predictions = {
-            r: _grid(p, self.shape, self.affine, case.consensus) for r, p in sorted(case.rater_predictions.items())
-        }
+        predictions = {r: self._on_grid(p) for r, p in sorted(case.rater_predictions.items())}
         self.segment_sources += [(f"{r} (predicted)", a) for r, a in predictions.items()]
-        self.segment_sources += [
-            (f"{r} (drawn)", _grid(p, self.shape, self.affine, case.consensus)) for r, p in case.rater_labels.items()
-        ]
+        self.segment_sources += [(f"{r} (drawn)", self._on_grid(p)) for r, p in case.rater_labels.items()]
         if case.reference is not None:
-            self.segment_sources.append(("reference", _grid(case.reference, self.shape, self.affine, case.consensus)))
+            self.segment_sources.append(("reference", self._on_grid(case.reference)))
         for source, array in self.segment_sources:
             if array.ndim != len(self.shape) or not np.array_equal(array, np.round(array)):
                 raise UserError(f"case '{case.name}': the {source} segmentation is not a label map of integers")
@@ -226,7 +222,7 @@ class _Plan:
         self.values = sorted(named or present)
         self.volumes: dict[str, np.ndarray] = {}
         for name, path in sorted(case.maps.items()):
-            array = _grid(path, self.shape, self.affine, case.consensus).astype(np.float32)
+            array = self._on_grid(path).astype(np.float32)
             if array.ndim == len(self.shape):
                 self.volumes[name] = array
             else:
@@ -235,6 +231,10 @@ class _Plan:
         if predictions:
             differ = sum((a != consensus).astype(np.uint8) for a in predictions.values())
             self.volumes["disagreement"] = differ.astype(np.float32)
+
+    def _on_grid(self, path: Path) -> np.ndarray:
+        """``path``'s array, refused unless it lies on the consensus's grid."""
+        return _grid(path, self.shape, self.affine, self.case.consensus)
 
     def write(self, out: Path) -> dict[str, Any]:
         import slicerio
