@@ -53,8 +53,11 @@ def test_every_bundle_declares_its_arms():
     assert all(a.protocol == "default" for a in arms.values() if a.bundle in ("fused_unet", "cmnet") and
                a.name in ("oracle", "mean", "majority", "staple", "cmnet_pixel"))
     assert reference_arm(arms).name == "majority"
-    assert {"oracle", "mean", "majority", "staple", "cmnet_pixel", "cmnet_global", "cmnet_lowrank"} <= set(arms)
-    assert arms["oracle"].oracle and arms["cmnet_lowrank"].overrides == {"cm_type": "low_rank", "rank": 1}
+    assert {"oracle", "mean", "majority", "staple", "cmnet_pixel", "cmnet_paper", "cmnet_global", "cmnet_lowrank"} <= set(arms)
+    assert arms["oracle"].oracle
+    # the paper's forms pin the paper's per-rater heads, so that their results stay those of the paper's layout
+    assert arms["cmnet_lowrank"].overrides == {"cm_type": "low_rank", "rank": 1, "head_hidden": "per_rater"}
+    assert arms["cmnet_paper"].overrides == {"cm_type": "pixel", "head_hidden": "per_rater"}
 
 
 def test_a_new_bundle_appears_without_editing_the_command(tmp_path):

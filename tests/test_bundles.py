@@ -90,6 +90,19 @@ def test_verify_net_in_out(name):
     )
 
 
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_cmnet_default_heads_share_their_hidden_blocks(config):
+    """Bundle 0.7.0: one pair of hidden blocks for all raters by default; ``--head_hidden per_rater`` is the paper's."""
+    parser = ConfigParser()
+    parser.read_config(str(configs("cmnet") / config))
+    parser["bundle_root"] = str(configs("cmnet").parent)
+    blocks = parser.get_parsed_content("network_def").annotator.head.heads.blocks
+    assert blocks[1].conv.groups == 1 and blocks[1].conv.out_channels == 16
+    parser["head_hidden"] = "per_rater"
+    blocks = parser.get_parsed_content("network_def", lazy=False).annotator.head.heads.blocks
+    assert blocks[1].conv.groups == 5 and blocks[1].conv.out_channels == 5 * 16
+
+
 @pytest.mark.parametrize("name", BUNDLES)
 @pytest.mark.parametrize(
     "files,workflow_type",

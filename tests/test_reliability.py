@@ -222,6 +222,20 @@ def test_a_model_file_that_is_missing_truncated_or_of_another_network_is_named(t
         StateDictLoader(tmp_path / "model.pt", net)()
 
 
+
+@pytest.mark.parametrize("saved,loaded", [("per_rater", "shared"), ("shared", "per_rater")])
+def test_a_cmnet_model_of_the_other_head_layout_names_the_option_to_give(saved, loaded, tmp_path):
+    """A model.pt trained before cmnet 0.7.0 (per-rater heads) under the new default says which option loads it."""
+    from multirater_monai.networks import CMNet
+
+    def net(head_hidden):
+        return CMNet(2, 1, 2, 3, channels=(4, 8, 16), strides=(2, 2), head_channels=4, head_hidden=head_hidden)
+
+    torch.save(net(saved).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match=rf"model.pt: not the weights of this network .*give --head_hidden {saved}\)"):
+        StateDictLoader(tmp_path / "model.pt", net(loaded))()
+    StateDictLoader(tmp_path / "model.pt", net(saved))()  # the same layout loads
+
 # 9. an interrupted and resumed run gives the weights of the uninterrupted one
 
 

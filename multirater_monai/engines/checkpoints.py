@@ -82,6 +82,17 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
+def state_dict_hint(network: torch.nn.Module, state: Any) -> str | None:
+    """The network's own explanation of why ``state`` does not fit it (``network.state_dict_hint``), if it has one."""
+    hint = getattr(network, "state_dict_hint", None)
+    if not callable(hint) or not isinstance(state, Mapping):
+        return None
+    try:
+        return hint(state)
+    except Exception:  # noqa: BLE001 - a hint must never hide the real error
+        return None
+
+
 def _state(save_dict: Mapping[str, Any]) -> dict[str, Any]:
     state = {}
     for key, obj in save_dict.items():
@@ -328,8 +339,11 @@ class StateDictLoader:
             state = torch.load(self.load_path, map_location=self.map_location, weights_only=True)
         except Exception as e:  # noqa: BLE001 - any reader failure is reported with its file
             raise CheckpointError(f"{self.load_path}: unreadable model file ({_reason(e)})") from None
+        network = unwrap_network(self.network)
         try:
-            unwrap_network(self.network).load_state_dict(state)
+            network.load_state_dict(state)
         except Exception as e:  # noqa: BLE001 - weights of another network are reported with the file
-            raise CheckpointError(f"{self.load_path}: not the weights of this network ({_reason(e)})") from None
+            hint = state_dict_hint(network, state)
+            reason = hint if hint else _reason(e)
+            raise CheckpointError(f"{self.load_path}: not the weights of this network ({reason})") from None
         logger.info(f"loaded {self.load_path}")

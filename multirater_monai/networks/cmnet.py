@@ -243,6 +243,19 @@ class CMNet(torch.nn.Module):
             )
         self.annotator = CMNetAnnotator(head, features)
 
+    def state_dict_hint(self, state: dict[str, torch.Tensor]) -> str | None:
+        """Why ``state`` (a saved state dict) does not fit this network, when it is the other ``head_hidden`` layout:
+        the option to give (the cmnet bundle's default changed from ``"per_rater"`` to ``"shared"`` in 0.7.0)."""
+        weight = state.get("annotator.head.heads.blocks.1.conv.weight")
+        head = self.annotator.head
+        if weight is None or not hasattr(head, "heads"):
+            return None
+        saved_groups = weight.shape[0] // weight.shape[1]  # grouped conv: (out, out / groups, *k)
+        if saved_groups == head.heads.groups:
+            return None
+        layout = "per_rater" if saved_groups > 1 else "shared"
+        return f"the model was trained with head_hidden {layout!r}: give --head_hidden {layout}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *S) image -> (B, L, *S) consensus logits."""
         return self.seg_head(self.segmentation(x))

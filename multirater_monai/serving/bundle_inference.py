@@ -251,7 +251,9 @@ class BundleInference:
         try:
             network.load_state_dict(self.state_dict(), strict=True)
         except RuntimeError as error:
-            first = str(error).strip().splitlines()[0]
+            from multirater_monai.engines.checkpoints import state_dict_hint
+
+            first = state_dict_hint(network, self.state_dict()) or str(error).strip().splitlines()[0]
             raise UserError(f"{self.model_path}: does not fit the bundle's network_def ({first})") from None
         return network.to(self.device).eval()
 
