@@ -8,6 +8,10 @@ leaderboard's cost columns use too). Each (bundle, dims) pair runs in a fresh pr
 the process's peak resident set over its size before the first step (CPU) or ``torch.cuda.max_memory_allocated``
 (GPU) over the steps; ``saved MiB`` is what autograd keeps for the backward pass of one step, a memory figure
 that other processes and the allocator do not move.
+With ``--rounds`` *n* > 1 the whole set of processes runs *n* times, interleaved (every bundle once per round),
+and each figure is the median over the rounds: a slow spell of a shared machine then moves one round of every
+bundle, not every step of one (the U-Net's own step varies by ±30 % between single runs on a 2-core CPU; the
+``range`` column shows the spread of the step time over the rounds).
 Ratios are against ``fused_unet`` of the same dimensionality and number of classes, measured in the
 same run, or against ``--reference`` (any bundle spec, e.g. the U-Net with the classifier's encoder of the
 unrolled-LRP comparison).
@@ -15,6 +19,7 @@ unrolled-LRP comparison).
     python benchmarks/bench_train_step.py                      # fused_unet, 2D and 3D, CPU
     python benchmarks/bench_train_step.py --bundles fused_unet --dims 3 --steps 20 --device cuda
     python benchmarks/bench_train_step.py --bundles cmnet cmnet:cm_type=global cmnet:cm_type=low_rank,rank=1
+    python benchmarks/bench_train_step.py --bundles cmnet cmnet:head_hidden=per_rater --rounds 3
     python benchmarks/bench_train_step.py --bundles unrolled_lrp --reference unrolled_lrp:architecture=unet
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +46,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "results" / "bench_data", help="synthetic sets")
     parser.add_argument("--reference", default=None, help="bundle spec the ratios are against (default: fused_unet)")
+    parser.add_argument("--rounds", type=int, default=1, help="run every bundle this many times, interleaved; medians")
     args = parser.parse_args()
 
     def reference_of(spec: str) -> str:
@@ -51,18 +58,20 @@ def main() -> None:
 
     baselines = list(dict.fromkeys(reference_of(b) for b in args.bundles))
     bundles = baselines + [b for b in args.bundles if b not in baselines]
-    results = []
-    for dims in args.dims:
-        for bundle in bundles:
-            cmd = [sys.executable, "-m", "multirater_monai.benchmark.cost", bundle, str(dims), "--steps", str(args.steps)]
-            cmd += ["--warmup", str(args.warmup), "--device", args.device, "--data", str(args.data), "--root", str(ROOT)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"{bundle} ({dims}D) failed:\n{proc.stderr[-3000:]}")
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    runs: dict[tuple[int, str], list[dict]] = {}
+    for _ in range(max(args.rounds, 1)):
+        for dims in args.dims:
+            for bundle in bundles:
+                cmd = [sys.executable, "-m", "multirater_monai.benchmark.cost", bundle, str(dims), "--steps", str(args.steps)]
+                cmd += ["--warmup", str(args.warmup), "--device", args.device, "--data", str(args.data), "--root", str(ROOT)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    sys.exit(f"{bundle} ({dims}D) failed:\n{proc.stderr[-3000:]}")
+                runs.setdefault((dims, bundle), []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    results = [_median_record(records) for records in runs.values()]
     header = (
         f"{'bundle':<34}{'dims':>5}{'batch x patch':>22}{'step ms':>10}{'peak MiB':>10}{'saved MiB':>10}"
-        f"{'x time':>8}{'x mem':>8}{'x saved':>8}"
+        f"{'x time':>8}{'x mem':>8}{'x saved':>8}{'range ms':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -76,8 +85,20 @@ def main() -> None:
         print(
             f"{r['bundle']:<34}{r['dims']:>5}{shape:>22}{r['step_ms_median']:>10.1f}"
             f"{r['peak_over_idle_mib']:>10.1f}{r['saved_mib']:>10.1f}{ratio_t:>8.2f}{ratio_m:>8.2f}{ratio_s:>8.2f}"
+            f"{r['step_ms_range'][0]:>7.0f}-{r['step_ms_range'][1]:<6.0f}"
         )
-    print(f"device={results[0]['device']} threads={results[0]['threads']} steps={args.steps} (median step time)")
+    print(f"device={results[0]['device']} threads={results[0]['threads']} steps={args.steps} rounds={args.rounds} "
+          "(median step time of each process; median over the rounds)")
+
+
+def _median_record(records: list[dict]) -> dict:
+    """One record of a (bundle, dims) pair: its step time, peak and saved memory are the medians over the rounds."""
+    record = dict(records[0])
+    for key in ("step_ms_median", "peak_over_idle_mib", "saved_mib"):
+        record[key] = statistics.median(r[key] for r in records)
+    times = [r["step_ms_median"] for r in records]
+    record["step_ms_range"] = (min(times), max(times))
+    return record
 
 
 if __name__ == "__main__":

@@ -112,9 +112,12 @@ def breakdown(dims: int, classes: int, overrides: dict, repeats: int = 5, compil
     net.to(memory_format=torch.contiguous_format)
 
     if compile_step:
-        compiled_unet = torch.compile(unet)
+        # a fresh cache and static shapes per configuration: after a 2D graph, dynamo would otherwise retrace the
+        # 3D one with symbolic sizes, which inductor fails to lower on CPU (torch 2.13)
+        torch._dynamo.reset()
+        compiled_unet = torch.compile(unet, dynamic=False)
         ms["unet step, compiled"] = _median_ms(lambda: unet_step(compiled_unet), repeats)
-        forward_train = torch.compile(net.forward_train)
+        forward_train = torch.compile(net.forward_train, dynamic=False)
         ms["cmnet step, compiled"] = _median_ms(lambda: loss(forward_train(image), labels).backward(), repeats)
     return {"dims": dims, "classes": classes, "batch": b, "patch": size, "threads": torch.get_num_threads(),
             "overrides": overrides, "ms": ms, "saved_mib": saved}
