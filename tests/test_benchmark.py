@@ -158,6 +158,22 @@ def test_a_multi_class_suite_gives_its_class_count_to_every_run(tmp_path):
     assert not Arm("m", "mrprism").fits(suite.settings)
 
 
+def test_the_3d_lesion_suite_holds_small_lesions_in_volumes(tmp_path):
+    """`lesion-3d`: 3D volumes with one lesion of 0.2-1 % of the voxels each (the regime of MS lesions)."""
+    import nibabel as nib
+    import numpy as np
+
+    suite = SYNTHETIC_SUITES["lesion-3d"]
+    assert suite.spatial_dims == 3
+    small = replace(suite, synthetic={**suite.synthetic, "num_train": 4, "num_val": 1, "num_test": 1})
+    data = prepare_suite(small, tmp_path)
+    assert data.overrides["num_raters"] == 4
+    oracle = json.loads(data.oracle_datalist.read_text())
+    for item in oracle["training"]:
+        truth = np.asarray(nib.load(item["gt"]).dataobj)
+        assert truth.ndim == 3 and 0.001 < (truth == 1).mean() < 0.015
+
+
 def test_dataset_suite_without_a_reference_has_no_oracle(tmp_path):
     from multirater_monai.data.real import prepare_lidc
     from multirater_monai.data.real.replicas import make_lidc_pickle_replica

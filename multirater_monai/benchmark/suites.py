@@ -138,6 +138,13 @@ SYNTHETIC_SUITES: dict[str, Suite] = {
             "3D, 32^3, 48/12/12 volumes; the default panel",
             synthetic={"raters": ["good", "over", "under", "wrong", "blank"], "spatial_dims": 3},
         ),
+        Suite(
+            "lesion-3d",
+            "3D: one small lesion per 32^3 volume (0.2-1 % of the voxels, MS-lesion scale), the lesion readers, "
+            "48/12/40 volumes",
+            synthetic={"raters": ["good", "over-1", "under-1", "miss"], "layout": "lesion", "spatial_dims": 3,
+                       "num_train": 48, "num_val": 12, "num_test": 40},
+        ),
     ]
 }
 
