@@ -90,6 +90,60 @@ def parse_overrides(pairs: Iterable[str]) -> dict:
     return overrides
 
 
+def unknown_override_ids(config: Any, overrides: Iterable[str]) -> list[str]:
+    """The override ids (``"key"`` or ``"section#key"``, as MONAI's config parser reads them) that name nothing in
+    ``config`` (a bundle's raw configuration), so that setting them would change nothing: a top-level id and every
+    section on the way must exist; the last key of a section may be new (a component's other constructor argument,
+    ``network_def#head_channels``, or a new entry of a dict); a list takes its indices."""
+    unknown = []
+    for key in overrides:
+        node, parts = config, str(key).split("#")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif last and i > 0 and isinstance(node, dict):
+                break  # a new key of a section: a component's other argument, a dict's new entry
+            else:
+                unknown.append(str(key))
+                break
+    return unknown
+
+
+def _components_taking(config: dict, argument: str) -> list[str]:
+    """The top-level components of ``config`` whose class (``_target_``, a dotted path) takes ``argument``."""
+    import inspect
+    import pydoc
+
+    found = []
+    for name, value in config.items():
+        if not (isinstance(value, dict) and isinstance(value.get("_target_"), str)):
+            continue
+        target = pydoc.locate(value["_target_"])
+        try:
+            if target is not None and argument in inspect.signature(target).parameters:
+                found.append(name)
+        except (TypeError, ValueError):
+            continue
+    return found
+
+
+def check_override_ids(config_file: str | os.PathLike, overrides: Iterable[str], what: str) -> None:
+    """Raise a one-line :class:`UserError` naming ``what`` and ``config_file`` if an override id names nothing there.
+
+    ``python -m monai.bundle run --head_channels 32`` adds an unused top-level id and trains the default network;
+    the benchmark and the cost scripts refuse such a variant instead of measuring the default under its name."""
+    config = json.loads(Path(config_file).read_text())
+    unknown = unknown_override_ids(config, overrides)
+    if unknown:
+        hints = [f"{section}#{key}" for key in unknown for section in _components_taking(config, key)[:1]]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        raise UserError(f"{what}: {', '.join(repr(k) for k in unknown)} is not a config id of {config_file}, so it "
+                        f"would change nothing{hint}.")
+
+
 def flag(value: Any, name: str) -> bool:
     """A boolean option as given in a config or on the command line.
 

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _write_bundle(root: Path, name: str, arms: object) -> Path:
     configs = root / "bundles" / name / "configs"
     configs.mkdir(parents=True)
-    (configs / "train.json").write_text("{}")
+    (configs / "train.json").write_text(json.dumps({"k": 0, "net": {"_target_": "torch.nn.Identity"}}))
     (configs / "metadata.json").write_text(json.dumps({"name": name, "benchmark_arms": arms}))
     return configs / "metadata.json"
 
@@ -73,6 +73,23 @@ def test_a_new_bundle_appears_without_editing_the_command(tmp_path):
         resolve_arms(tmp_path, ["nope"], "default")
     with pytest.raises(UserError, match="unknown arm 'absent:k=1'"):
         resolve_arms(tmp_path, ["absent:k=1"], "default")
+
+
+def test_an_arm_whose_override_names_no_config_id_is_refused(tmp_path):
+    """`cmnet:head_channels=32` set an unused top-level id and trained the default network under the variant's
+    name; an override must name a config id of the bundle's train.json (a section's new key is an argument)."""
+    _write_bundle(tmp_path, "newmethod", {"newmethod": {"overrides": {"k": 1}}})
+    assert resolve_arms(tmp_path, ["newmethod:net#width=3,k=2"], "default")[0].overrides == {"net#width": 3, "k": 2}
+    with pytest.raises(UserError, match=r"arm 'newmethod:width=3': 'width' is not a config id of .*train.json"):
+        resolve_arms(tmp_path, ["newmethod:width=3"], "default")
+    with pytest.raises(UserError, match="'nosection#k' is not a config id"):
+        resolve_arms(tmp_path, ["newmethod:nosection#k=1"], "default")
+    _write_bundle(tmp_path, "typo", {"typo": {"overrides": {"kk": 1}}})
+    with pytest.raises(UserError, match="arm 'typo': 'kk' is not a config id"):
+        resolve_arms(tmp_path, None, "default")
+    # the real bundle: the hint names the network's argument
+    with pytest.raises(UserError, match="did you mean network_def#head_channels"):
+        resolve_arms(ROOT, ["cmnet:head_channels=32"], "default")
 
 
 @pytest.mark.parametrize(

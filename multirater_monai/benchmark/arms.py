@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from multirater_monai.bundle_utils import parse_bundle_spec
+from multirater_monai.bundle_utils import check_override_ids, parse_bundle_spec
 from multirater_monai.errors import UserError
 
 __all__ = ["Arm", "ARM_PROTOCOLS", "ARM_ROLES", "discover_arms", "resolve_arms", "reference_arm"]
@@ -129,7 +129,7 @@ def resolve_arms(root: str | Path, names: list[str] | None, protocol: str, decla
     declared = discover_arms(root) if declared is None else declared
     if not names:
         wanted = ("default",) if protocol == "default" else ("default", "full")
-        return [a for a in declared.values() if a.protocol in wanted]
+        return _checked(root, [a for a in declared.values() if a.protocol in wanted])
     arms = []
     for name in names:
         if name in declared:
@@ -142,4 +142,12 @@ def resolve_arms(root: str | Path, names: list[str] | None, protocol: str, decla
         _, overrides = parse_bundle_spec(name)
         arms.append(Arm(name=name, bundle=bundle, overrides=overrides, protocol="ablation",
                         settings=base.settings if base else ("multi_rater",)))
+    return _checked(root, arms)
+
+
+def _checked(root: str | Path, arms: list[Arm]) -> list[Arm]:
+    """``arms``, once every override of each names a config id of its bundle's ``train.json`` (else a variant would
+    train the default network under its own name)."""
+    for arm in arms:
+        check_override_ids(Path(root) / "bundles" / arm.bundle / "configs" / "train.json", arm.overrides, f"arm '{arm.name}'")
     return arms

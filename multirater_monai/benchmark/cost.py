@@ -25,7 +25,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Callable
 
-from multirater_monai.bundle_utils import parse_bundle_spec
+from multirater_monai.bundle_utils import check_override_ids, parse_bundle_spec
 
 __all__ = ["measure_train_step", "saved_activation_mib"]
 
@@ -87,6 +87,7 @@ def measure_train_step(
     from monai.bundle import ConfigParser
 
     configs = root / "bundles" / bundle / "configs"
+    check_override_ids(configs / "train.json", overrides, f"bundle variant '{spec}'")
     files = [str(configs / "train.json")] + ([str(configs / "3d.json")] if dims == 3 else [])
     parser = ConfigParser()
     parser.read_config(files)
