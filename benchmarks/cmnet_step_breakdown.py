@@ -24,24 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from multirater_monai.benchmark.cost import median_ms
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (and compilation)
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def _saved_mib(fn) -> float:
@@ -85,30 +74,30 @@ def breakdown(dims: int, classes: int, overrides: dict, repeats: int = 5, compil
     def unet_step(model=unet, x=image):
         dice_ce(model(x), labels[:, :1]).backward()
 
-    ms["unet step"] = _median_ms(unet_step, repeats)
+    ms["unet step"] = median_ms(unet_step, repeats, warmup=2)
     saved["unet step"] = _saved_mib(unet_step)
-    ms["trunk"] = _median_ms(lambda: net(image).sum().backward(), repeats)
+    ms["trunk"] = median_ms(lambda: net(image).sum().backward(), repeats, warmup=2)
     head = net.annotator.head
     if hasattr(head, "hidden"):
         with torch.no_grad():
             features = net._logits_and_features(image)[1]
             hidden = head.hidden(features)
             probs = torch.softmax(net(image), 1)
-        ms["heads: hidden blocks"] = _median_ms(lambda: head.hidden(features).sum().backward(), repeats)
+        ms["heads: hidden blocks"] = median_ms(lambda: head.hidden(features).sum().backward(), repeats, warmup=2)
         h = hidden.detach().requires_grad_(True)
         p = probs.detach().requires_grad_(True)
-        ms["heads: matrices and A_r p"] = _median_ms(lambda: net._rater_probs_and_trace(h, p)[0].sum().backward(), repeats)
+        ms["heads: matrices and A_r p"] = median_ms(lambda: net._rater_probs_and_trace(h, p)[0].sum().backward(), repeats, warmup=2)
 
     def cmnet_step(model=net, x=image):
         loss(model.forward_train(x), labels).backward()
 
-    ms["cmnet step"] = _median_ms(cmnet_step, repeats)
+    ms["cmnet step"] = median_ms(cmnet_step, repeats, warmup=2)
     saved["cmnet step"] = _saved_mib(cmnet_step)
 
     channels_last = torch.channels_last if dims == 2 else torch.channels_last_3d
     net.to(memory_format=channels_last)
     image_cl = image.contiguous(memory_format=channels_last)
-    ms["cmnet step, channels-last"] = _median_ms(lambda: cmnet_step(net, image_cl), repeats)
+    ms["cmnet step, channels-last"] = median_ms(lambda: cmnet_step(net, image_cl), repeats, warmup=2)
     net.to(memory_format=torch.contiguous_format)
 
     if compile_step:
@@ -116,9 +105,9 @@ def breakdown(dims: int, classes: int, overrides: dict, repeats: int = 5, compil
         # 3D one with symbolic sizes, which inductor fails to lower on CPU (torch 2.13)
         torch._dynamo.reset()
         compiled_unet = torch.compile(unet, dynamic=False)
-        ms["unet step, compiled"] = _median_ms(lambda: unet_step(compiled_unet), repeats)
+        ms["unet step, compiled"] = median_ms(lambda: unet_step(compiled_unet), repeats, warmup=2)
         forward_train = torch.compile(net.forward_train, dynamic=False)
-        ms["cmnet step, compiled"] = _median_ms(lambda: loss(forward_train(image), labels).backward(), repeats)
+        ms["cmnet step, compiled"] = median_ms(lambda: loss(forward_train(image), labels).backward(), repeats, warmup=2)
     return {"dims": dims, "classes": classes, "batch": b, "patch": size, "threads": torch.get_num_threads(),
             "overrides": overrides, "ms": ms, "saved_mib": saved}
 

@@ -18,23 +18,13 @@ its output's sum, median of ``--repeats``), in one process, with ``--threads`` t
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from multirater_monai.benchmark.cost import median_ms
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def _backward(fn):
@@ -77,7 +67,7 @@ def breakdown(dims: int, repeats: int = 5, batch_size: int | None = None, patch_
 
     unet = UNet(dims, 1, classes, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2, norm="batch")
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
-    times["unet step"] = _median_ms(lambda: dice_ce(unet(image), labels[:, :1]).backward(), repeats)
+    times["unet step"] = median_ms(lambda: dice_ce(unet(image), labels[:, :1]).backward(), repeats)
 
     def encode():
         skips, x = [], image
@@ -86,7 +76,7 @@ def breakdown(dims: int, repeats: int = 5, batch_size: int | None = None, patch_
             skips.append(x)
         return skips, net.bottom(x)
 
-    times["encoder"] = _median_ms(_backward(lambda: _flat(encode())), repeats)
+    times["encoder"] = median_ms(_backward(lambda: _flat(encode())), repeats)
     with torch.no_grad():
         skips, bottom = encode()
     w = net.initial_confidence(image).flatten(1, 2)
@@ -96,26 +86,26 @@ def breakdown(dims: int, repeats: int = 5, batch_size: int | None = None, patch_
         feature = x.clone().requires_grad_(True)
         embedding = stage.embedding(w).detach()
         attended = stage.attention(feature, embedding).detach().requires_grad_(True)
-        times[f"conp {i} embedding"] = _median_ms(_backward(lambda s=stage: s.embedding(w)), repeats)
-        times[f"conp {i} attention"] = _median_ms(_backward(lambda s=stage, f=feature, e=embedding: s.attention(f, e)), repeats)
-        times[f"conp {i} up"] = _median_ms(_backward(lambda s=stage, a=attended, k=skip: s.up(torch.cat([a, k], 1))), repeats)
+        times[f"conp {i} embedding"] = median_ms(_backward(lambda s=stage: s.embedding(w)), repeats)
+        times[f"conp {i} attention"] = median_ms(_backward(lambda s=stage, f=feature, e=embedding: s.attention(f, e)), repeats)
+        times[f"conp {i} up"] = median_ms(_backward(lambda s=stage, a=attended, k=skip: s.up(torch.cat([a, k], 1))), repeats)
         with torch.no_grad():
             x = stage(x, skip, w)
     y_log = torch.log_softmax(x, 1)
-    times["divp"] = _median_ms(_backward(lambda: net.divp(y_log)), repeats)
+    times["divp"] = median_ms(_backward(lambda: net.divp(y_log)), repeats)
 
     with torch.no_grad():
         outputs = net.forward_all(image)
     outputs = {k: v.detach().requires_grad_(True) for k, v in outputs.items()}
     batch = {"label": labels}
-    times["loss"] = _median_ms(lambda: loss(outputs, batch).backward(), repeats)
+    times["loss"] = median_ms(lambda: loss(outputs, batch).backward(), repeats)
     t = outputs["recurrence_logits"].shape[1]
     probs = torch.rand(b * t, classes, *size, requires_grad=True)
-    times["loss: one ssim"] = _median_ms(lambda: loss.ssim(probs, probs.detach().flip(0)).backward(), repeats)
+    times["loss: one ssim"] = median_ms(lambda: loss.ssim(probs, probs.detach().flip(0)).backward(), repeats)
     zt = torch.softmax(outputs["rater_logits"].detach(), 3).flatten(0, 1).requires_grad_(True)
     lt = labels.unsqueeze(1).expand(-1, t, *labels.shape[1:]).flatten(0, 1)
-    times["loss: shuffle"] = _median_ms(lambda: loss.shuffle_loss(zt, lt, lt >= 0).backward(), repeats)
-    times["mrprism step"] = _median_ms(lambda: loss(net.forward_all(image), batch).backward(), repeats)
+    times["loss: shuffle"] = median_ms(lambda: loss.shuffle_loss(zt, lt, lt >= 0).backward(), repeats)
+    times["mrprism step"] = median_ms(lambda: loss(net.forward_all(image), batch).backward(), repeats)
     ups = sum(v for k, v in times.items() if k.endswith(" up"))
     times["floor: encoder + T up paths"] = times["encoder"] + t * ups
     return {"dims": dims, "batch": b, "patch": size, "passes": t, "threads": torch.get_num_threads(), "ms": times}

@@ -365,3 +365,11 @@ def test_jobs_and_threads_follow_the_cpu_set_not_the_machine():
     finally:
         os.sched_setaffinity(0, allowed)
     assert _usable_cores() == len(allowed)
+
+
+def test_median_ms_warms_up_then_times_each_repeat():
+    from multirater_monai.benchmark.cost import median_ms
+
+    calls = []
+    assert median_ms(lambda: calls.append(1), repeats=3, warmup=2) >= 0
+    assert len(calls) == 5

@@ -56,6 +56,19 @@ def saved_activation_mib(step: Callable[[], object]) -> float:
     return sum(sizes.values()) / 2**20
 
 
+def median_ms(step: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time in milliseconds of ``repeats`` calls of ``step``, after ``warmup`` calls (allocator, caches,
+    and compilation where ``step`` is compiled)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
 def synthetic_folder_name(dims: int, num_classes: int, layout: str | None = None, synthetic: Mapping | None = None) -> str:
     """Name of the small synthetic set a cost measurement uses: ``2d_2class``, or ``2d_4class_scene`` for a
     bundle whose synthetic data has another layout than the default ``nested``; a bundle whose generator
