@@ -373,3 +373,52 @@ def test_median_ms_warms_up_then_times_each_repeat():
     calls = []
     assert median_ms(lambda: calls.append(1), repeats=3, warmup=2) >= 0
     assert len(calls) == 5
+
+
+def test_arms_of_one_configuration_share_a_run_and_unfit_arms_cost_nothing(tmp_path, monkeypatch):
+    """In 3D the CM-Net bundle's default is the paper's heads, so cmnet_pixel and cmnet_paper train the same
+    configuration there: the benchmark trains it once and both rows hold that run; in 2D they differ and both
+    train. A finished run of either is taken rather than trained again. An arm that fits none of the selected
+    suites (TAX: one annotator per image) gets no train-step measurement."""
+    from multirater_monai.cli import main
+
+    trained, costed = [], []
+
+    def fake_run_one(spec, arm, data, out, root, threads, rerun=False):
+        trained.append((spec.suite, spec.arm, spec.seed))
+        return {"suite": spec.suite, "arm": arm.name, "bundle": arm.bundle, "role": arm.role, "seed": spec.seed,
+                "epochs": spec.epochs, "status": "done", "dice": 0.1 * len(trained), "train_s": 1.0}
+
+    def fake_cost(arm, dims, *args):
+        costed.append((arm.name, dims))
+        return {"status": "failed", "error": "not measured here", "log": "cost.log"}
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    monkeypatch.setattr(runner, "measure_cost", fake_cost)
+    out = tmp_path / "out"
+    argv = ["benchmark", "--root", str(ROOT), "--out", str(out), "--suites", "default", "3d", "--num-train", "2",
+            "--epochs", "1", "--jobs", "1", "--arms", "cmnet_pixel", "cmnet_paper", "tax", "--seeds", "0"]
+    assert main(argv) == 0
+    assert sorted(trained) == [("3d-n2", "cmnet_pixel", 0), ("default-n2", "cmnet_paper", 0), ("default-n2", "cmnet_pixel", 0)]
+    assert sorted(costed) == [("cmnet_paper", 2), ("cmnet_paper", 3), ("cmnet_pixel", 2), ("cmnet_pixel", 3)]
+    runs = ResultStore(out / "results.json").data["runs"]
+    pixel, paper = runs["3d-n2|cmnet_pixel|0|1"], runs["3d-n2|cmnet_paper|0|1"]
+    assert paper["same_as"] == "cmnet_pixel" and paper["dice"] == pixel["dice"] and "same_as" not in pixel
+    assert paper["arm"] == "cmnet_paper" and "same_as" not in runs["default-n2|cmnet_paper|0|1"]
+    table = (out / "leaderboard.md").read_text().split("## 3d-n2")[1]
+    assert "| cmnet_paper (= cmnet_pixel: the same configuration) |" in table
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("benchmark/3d-n2")
+    tags = {r.data.tags["arm"]: r.data.tags for r in client.search_runs([experiment.experiment_id])}
+    assert tags["cmnet_paper"]["same_as"] == "cmnet_pixel" and "same_as" not in tags["cmnet_pixel"]
+
+    # seed 1: cmnet_paper's run was finished on its own (before the two were known to be one): cmnet_pixel takes it
+    store = ResultStore(out / "results.json")
+    store.put_run(RunSpec("3d-n2", "cmnet_paper", 1, 1), {**pixel, "arm": "cmnet_paper", "seed": 1, "dice": 0.77})
+    trained.clear()
+    assert main([*argv[:-1], "0", "1"]) == 0
+    assert sorted(trained) == [("default-n2", "cmnet_paper", 1), ("default-n2", "cmnet_pixel", 1)]
+    runs = ResultStore(out / "results.json").data["runs"]
+    assert runs["3d-n2|cmnet_pixel|1|1"]["same_as"] == "cmnet_paper" and runs["3d-n2|cmnet_pixel|1|1"]["dice"] == 0.77

@@ -137,7 +137,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     """Run the benchmark that ``args`` select (see :data:`DESCRIPTION`); 0 when every run finished, 1 otherwise."""
     from multirater_monai.benchmark.arms import resolve_arms
     from multirater_monai.benchmark.report import leaderboard_rows, log_mlflow_run, write_reports
-    from multirater_monai.benchmark.runner import ResultStore, RunSpec, measure_cost, run_one
+    from multirater_monai.benchmark.runner import ResultStore, RunSpec, measure_cost, run_one, training_configuration
     from multirater_monai.benchmark.suites import label_statistics, prepare_suite
     from multirater_monai.bundle_utils import sqlite_tracking_uri
 
@@ -170,25 +170,55 @@ def run_benchmark(args: argparse.Namespace) -> int:
     for suite in suites:
         datas[suite.name] = prepare_suite(suite, out)
         label_stats[suite.name] = label_statistics(datas[suite.name])
-    todo, skipped = [], 0
+    # arms that train the same configuration on a suite (the same bundle, merged config and labels) share one run
+    groups: dict[str, list[list]] = {}
+    for suite in suites:
+        by_config: dict[str, list] = {}
+        for arm in arms:
+            if arm.runs_on(suite.settings, datas[suite.name].oracle_datalist is not None):
+                by_config.setdefault(training_configuration(arm, datas[suite.name], root), []).append(arm)
+        groups[suite.name] = list(by_config.values())
+    arms_by_name = {a.name: a for a in arms}
+
+    def take_run(spec: RunSpec, arm, record: dict, trained_by: str) -> None:
+        """Store (and log to MLflow) ``record``, trained by the arm ``trained_by``, as ``arm``'s run ``spec``."""
+        copy = {**record, "arm": arm.name, "bundle": arm.bundle, "role": arm.role, "same_as": trained_by}
+        try:
+            copy["mlflow_run_id"] = log_mlflow_run(tracking_uri, spec, arm, copy)
+        except Exception as e:  # noqa: BLE001 - a tracking problem must not lose the run
+            say(f"MLflow logging of {spec} failed: {e}")
+        store.put_run(spec, copy)
+
+    todo, skipped, shared = [], 0, 0
+    followers: dict[str, list] = {}  # a run's key -> the (spec, arm) of the arms that take its record
     for seed in seeds:  # seeds outermost: a deadline leaves whole tables of the first seeds
         for suite in suites:
-            for arm in arms:
-                if not arm.runs_on(suite.settings, datas[suite.name].oracle_datalist is not None):
-                    continue
-                spec = RunSpec(suite.name, arm.name, seed, epochs)
-                if store.done(spec) and not args.rerun:
-                    skipped += 1
+            for group in groups[suite.name]:
+                specs = [(RunSpec(suite.name, arm.name, seed, epochs), arm) for arm in group]
+                # the run to train: one finished on its own if any (not a copy), else the first arm's
+                trained = [(s, a) for s, a in specs if store.done(s) and not store.run(s).get("same_as")]
+                primary = specs[0] if args.rerun or not trained else trained[0]
+                others = [(s, a) for s, a in specs if s != primary[0] and (args.rerun or not store.done(s))]
+                if store.done(primary[0]) and not args.rerun:
+                    skipped += len(specs) - len(others)
+                    for spec, arm in others:
+                        take_run(spec, arm, store.run(primary[0]), primary[1].name)
                 else:
-                    todo.append((spec, arm))
+                    todo.append(primary)
+                    followers[primary[0].key] = others
+                    skipped += len(specs) - 1 - len(others)
+                shared += len(others)
     if args.report_only:
         todo = []
-    say(f"{len(todo)} run(s) to do, {skipped} already finished (kept; --rerun trains them again)")
+    say(f"{len(todo)} run(s) to do, {skipped} already finished (kept; --rerun trains them again)"
+        + (f"; {shared} run(s) of arms whose configuration on the suite is another arm's take that arm's run"
+           if shared else ""))
 
     if not args.no_cost and not args.report_only:
-        dims_needed = sorted({s.spatial_dims for s in suites})
         for arm in arms:
-            for dims in dims_needed:
+            # the dimensions of the selected suites the arm runs on (none: an arm n/a everywhere costs nothing)
+            for dims in sorted({s.spatial_dims for s in suites
+                                if arm.runs_on(s.settings, datas[s.name].oracle_datalist is not None)}):
                 key = f"{arm.name}|{dims}"
                 if store.data["costs"].get(key, {}).get("status") == "done" and not args.rerun:
                     continue
@@ -204,7 +234,6 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 if record["status"] != "done":
                     say(f"cost of {arm.name} ({dims}D) FAILED, see {record['log']}")
 
-    arms_by_name = {a.name: a for a in arms}
     finished = failed = 0
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         pending, queue = set(), list(todo)
@@ -234,6 +263,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 except Exception as e:  # noqa: BLE001 - a tracking problem must not lose the run
                     say(f"MLflow logging of {spec} failed: {e}")
                 store.put_run(spec, record)
+                for follower, follower_arm in followers.get(spec.key, []):
+                    take_run(follower, follower_arm, record, spec.arm)
                 if record["status"] == "done":
                     finished += 1
                     say(f"done {spec}: Dice {record.get('dice', float('nan')):.3f}, trained in {record['train_s']:.0f} s "

@@ -47,6 +47,13 @@ class Row:
     failures: list[dict] = field(default_factory=list)
     label: dict = field(default_factory=dict)  # fused-label statistics of a fusion arm
     cost: dict = field(default_factory=dict)
+    same_as: list[str] = field(default_factory=list)  # arms whose runs these are (the same configuration here)
+
+    @property
+    def title(self) -> str:
+        """The arm's name in a table, with what it is when that is not plain."""
+        name = f"{self.arm.name} (oracle)" if self.arm.oracle else self.arm.name
+        return name + (f" (= {', '.join(self.same_as)}: the same configuration)" if self.same_as else "")
 
     def mean(self, key: str) -> float | None:
         values = self.values.get(key, [])
@@ -84,6 +91,8 @@ def leaderboard_rows(
                     row.failures.append(record)
                     continue
                 row.seeds.append(seed)
+                if record.get("same_as") and record["same_as"] not in row.same_as:
+                    row.same_as.append(record["same_as"])
                 for key, value in record.items():
                     if key == "train_s" and record.get("resumed"):
                         continue  # the wall time of a resumed training is that of its last part only
@@ -153,7 +162,7 @@ def markdown_table(rows: list[Row], seeds: list[int]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     best = {k: _best(rows, k) for k in metrics}
     for row in rows:
-        name = f"{row.arm.name} (oracle)" if row.arm.oracle else row.arm.name
+        name = row.title
         if row.status in ("n/a", "missing") or (row.status == "failed" and not row.seeds):
             what = {"n/a": "n/a: the arm does not fit this suite's setting", "missing": "not run"}.get(row.status)
             if row.status == "failed":
@@ -177,7 +186,7 @@ def _csv_rows(tables: dict[str, list[Row]]) -> list[dict]:
     for suite, rows in tables.items():
         for row in rows:
             entry = {"suite": suite, "arm": row.arm.name, "bundle": row.arm.bundle, "role": row.arm.role,
-                     "status": row.status, "seeds": len(row.seeds)}
+                     "status": row.status, "seeds": len(row.seeds), "same_as": " ".join(row.same_as)}
             for key in [*METRICS, "train_s"]:
                 entry[f"{key}_mean"], entry[f"{key}_std"] = row.mean(key), row.std(key)
             entry["label_dice"] = row.label.get("label_dice")
@@ -314,6 +323,8 @@ def log_mlflow_run(tracking_uri: str, spec: RunSpec, arm: Arm, record: dict) -> 
             "epochs": str(spec.epochs), "status": record["status"]}
     if record["status"] != "done":
         tags["log"] = record.get("log", "")
+    if record.get("same_as"):
+        tags["same_as"] = record["same_as"]  # the arm that trained this configuration
     run = client.create_run(experiment_id, run_name=f"{arm.name} seed {spec.seed}", tags=tags)
     run_id = run.info.run_id
     params = [mlflow.entities.Param(k, json.dumps(v)[:500]) for k, v in arm.overrides.items()]

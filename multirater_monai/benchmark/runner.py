@@ -24,7 +24,7 @@ from pathlib import Path
 from multirater_monai.benchmark.arms import Arm
 from multirater_monai.benchmark.suites import SuiteData
 
-__all__ = ["RunSpec", "ResultStore", "run_one", "measure_cost", "run_folder"]
+__all__ = ["RunSpec", "ResultStore", "run_one", "measure_cost", "run_folder", "training_configuration"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,28 @@ def _read_metrics(eval_dir: Path) -> dict[str, float]:
         return {row[0]: float(row[1]) for row in csv.reader(f) if len(row) == 2}
 
 
+def _config_files(arm: Arm, data: SuiteData, root: Path) -> tuple[Path, list[Path]]:
+    """The arm's bundle ``configs`` folder and the files merged over its ``train.json`` on this suite."""
+    configs = root / "bundles" / arm.bundle / "configs"
+    return configs, ([configs / "3d.json"] if data.suite.spatial_dims == 3 else []) + list(data.config_files)
+
+
+def training_configuration(arm: Arm, data: SuiteData, root: Path) -> str:
+    """What a run of ``arm`` on this suite trains, as canonical JSON: its bundle's ``train.json`` merged as
+    ``monai.bundle run`` merges it with the suite's files and overrides and the arm's overrides (before the
+    per-run folders and seed), and whether it trains on the truth. Two arms with the same text train the same
+    network on the same data and labels: the benchmark trains them once (``same_as`` in the other's records),
+    e.g. ``cmnet_pixel`` and ``cmnet_paper`` in 3D, where the bundle's default is the paper's heads."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import merge_kv
+
+    configs, extra = _config_files(arm, data, root)
+    parser = ConfigParser(ConfigParser.load_config_files([str(f) for f in [configs / "train.json", *extra]]))
+    for key, value in {**data.overrides, **arm.overrides}.items():
+        merge_kv(parser, key, value)
+    return json.dumps({"bundle": arm.bundle, "on_truth": arm.oracle, "config": parser.get()}, sort_keys=True, default=str)
+
+
 def run_one(
     spec: RunSpec, arm: Arm, data: SuiteData, out: Path, root: Path, threads: int, rerun: bool = False
 ) -> dict:
@@ -130,8 +152,7 @@ def run_one(
     if rerun and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    configs = root / "bundles" / arm.bundle / "configs"
-    dims_files = [configs / "3d.json"] if data.suite.spatial_dims == 3 else []
+    configs, dims_files = _config_files(arm, data, root)
     overrides = {
         **data.overrides,
         **arm.overrides,
@@ -159,14 +180,13 @@ def run_one(
             if checkpoints.is_dir() and any(checkpoints.glob("*.pt")):
                 train_overrides["resume"] = True  # an interrupted training continues where it stopped
                 record["resumed"] = True
-            train = _bundle_run([configs / "train.json", *dims_files, *data.config_files], train_overrides, log, threads, root)
+            train = _bundle_run([configs / "train.json", *dims_files], train_overrides, log, threads, root)
             done_file.write_text(json.dumps(train))
         log = folder / "evaluate.log"
         # every arm is scored against the truth where the suite has it, whatever its bundle selects models by
         # (TAX validates against each image's own annotator)
         eval_overrides = {**overrides, "val_target": "gt"} if data.oracle_datalist is not None else overrides
-        _bundle_run([configs / "train.json", configs / "evaluate.json", *dims_files, *data.config_files], eval_overrides,
-                    log, threads, root)
+        _bundle_run([configs / "train.json", configs / "evaluate.json", *dims_files], eval_overrides, log, threads, root)
         metrics = _read_metrics(folder / "eval")
     except Exception as e:  # noqa: BLE001 - one failed run is reported; the others go on
         return {**record, "status": "failed", "error": str(e), "log": str(log)}
