@@ -257,6 +257,7 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypat
     (train_file, train), (eval_file, evaluate) = calls
     assert (train_file, eval_file) == ("train.json", "evaluate.json")
     assert train["resume"] is True and record["resumed"] and record["status"] == "done" and record["dice"] == 0.5
+    assert record["threads"] == 1  # with the seed, what makes a run reproducible bit for bit on a CPU
     # the oracle trains on the truth and is evaluated on the suite's raters
     assert train["datalist"] == str(tmp_path / "oracle.json") and train["num_raters"] == 1
     assert "datalist" not in evaluate and evaluate["num_raters"] == 5 and "resume" not in evaluate

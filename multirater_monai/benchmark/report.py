@@ -321,6 +321,8 @@ def log_mlflow_run(tracking_uri: str, spec: RunSpec, arm: Arm, record: dict) -> 
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
     tags = {"suite": spec.suite, "arm": arm.name, "bundle": arm.bundle, "role": arm.role, "seed": str(spec.seed),
             "epochs": str(spec.epochs), "status": record["status"]}
+    if "threads" in record:
+        tags["threads"] = str(record["threads"])
     if record["status"] != "done":
         tags["log"] = record.get("log", "")
     if record.get("same_as"):

@@ -165,8 +165,10 @@ def run_one(
         "mlflow_enabled": False,  # the benchmark logs one MLflow run per (arm, seed) itself
         "overwrite_model": True,
     }
+    # a run is reproducible bit for bit from its seed and its thread count (the count changes the order of CPU
+    # sums: another count drifts by about 2 Dice points over 60 epochs), so the record keeps both
     record = {"suite": spec.suite, "arm": arm.name, "bundle": arm.bundle, "role": arm.role, "seed": spec.seed,
-              "epochs": spec.epochs, "folder": str(folder)}
+              "epochs": spec.epochs, "threads": threads, "folder": str(folder)}
     train_overrides = dict(overrides)
     if arm.oracle:
         train_overrides.update(datalist=str(data.oracle_datalist), num_raters=1)
