@@ -17,7 +17,7 @@ import torch
 
 from multirater_monai.benchmark import runner
 from multirater_monai.benchmark.arms import Arm, discover_arms, reference_arm, resolve_arms
-from multirater_monai.benchmark.report import leaderboard_rows, markdown_table
+from multirater_monai.benchmark.report import leaderboard_rows, markdown_table, protocol_runs
 from multirater_monai.benchmark.runner import ResultStore, RunSpec, run_one
 from multirater_monai.benchmark.suites import (
     SYNTHETIC_SUITES,
@@ -300,6 +300,8 @@ def test_leaderboard_means_best_na_and_failures():
     assert "**0.900**" in lines["cmnet_pixel"] and "1/2" in lines["cmnet_pixel"] and "3.00×" in lines["cmnet_pixel"]
     assert "**" not in lines["oracle (oracle)"]  # the ceiling is not ranked, though its Dice is the highest
     assert "n/a" in lines["tax"] and "/x/train.log" in lines["broken"]
+    # what is left of the protocol: 2 seeds of the 4 arms that fit (tax does not), 5 runs finished
+    assert protocol_runs(list(rows.values()), [0, 1]) == (5, 8)
 
 
 # ---------------------------------------------------------------- end to end
@@ -336,6 +338,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert float(rows["cmnet_pixel"]["dice_mean"]) == pytest.approx(done["cmnet_pixel"]["dice"])
     assert float(rows["cmnet_pixel"]["step_ratio"]) > 0 and int(rows["majority"]["parameters"]) > 0
     assert (out / "cost_default-n4.png").stat().st_size > 1000 and (out / "index.md").is_file()
+    assert "2 of the 3 runs of this command finished" in (out / "index.md").read_text() and "2 of 3 runs finished." in table
     # the index names the MLflow store relative to its folder: no path of this machine in a committed leaderboard
     assert "`mlflow ui --backend-store-uri sqlite:///mlflow.db` (from this folder" in (out / "index.md").read_text()
     import mlflow

@@ -21,7 +21,7 @@ from multirater_monai.benchmark.runner import RunSpec
 from multirater_monai.benchmark.suites import Suite
 from multirater_monai.bundle_utils import sqlite_tracking_uri
 
-__all__ = ["METRICS", "Row", "leaderboard_rows", "write_reports", "log_mlflow_run"]
+__all__ = ["METRICS", "Row", "leaderboard_rows", "protocol_runs", "write_reports", "log_mlflow_run"]
 
 # metric -> (column title, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -181,6 +181,12 @@ def markdown_table(rows: list[Row], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def protocol_runs(rows: list[Row], seeds: list[int]) -> tuple[int, int]:
+    """(finished, planned) runs of a suite's table: every seed of every arm that fits the suite."""
+    fitting = [r for r in rows if r.status != "n/a"]
+    return sum(len(r.seeds) for r in fitting), len(fitting) * len(seeds)
+
+
 def _csv_rows(tables: dict[str, list[Row]]) -> list[dict]:
     out = []
     for suite, rows in tables.items():
@@ -276,7 +282,9 @@ def write_reports(
                 "peak memory of a step, with ratios to the U-Net (`majority`) of the same run. The CM error of `staple` "
                 "is STAPLE's own estimate of the raters' matrices.\n"]
     for suite, rows in tables.items():
-        sections.append(f"## {suite}\n\n{by_name[suite].description}\n\n{markdown_table(rows, seeds)}\n")
+        finished, planned = protocol_runs(rows, seeds)
+        sections.append(f"## {suite}\n\n{by_name[suite].description}\n\n{finished} of {planned} runs finished.\n\n"
+                        f"{markdown_table(rows, seeds)}\n")
         plot = out / f"cost_{suite}.png"
         if _plot_cost(rows, suite, plot):
             files[f"cost_{suite}"] = plot
@@ -295,7 +303,10 @@ def write_reports(
     ladder = out / "noise_ladder.png"
     if _plot_noise_ladder(tables, suites, label_stats, ladder):
         files["noise_ladder"] = ladder
+    finished, planned = map(sum, zip(*(protocol_runs(rows, seeds) for rows in tables.values()))) if tables else (0, 0)
     index = [f"# Benchmark\n\n`{command}` · {date} · {machine}\n",
+             f"{finished} of the {planned} runs of this command finished (every arm that fits a suite, on every "
+             f"seed; the rest: `not run` or `failed` in the tables, trained by the next call of the command).\n",
              f"- [Leaderboard]({files['markdown'].name}) (also [CSV]({files['csv'].name}), [JSON]({files['json'].name}))",
              f"- Every run: `results.json`; logs and outputs: `runs/<suite>/<arm>/seed<k>-e{epochs}/`"]
     if "noise_ladder" in files:
