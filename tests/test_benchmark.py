@@ -418,11 +418,15 @@ def test_arms_of_one_configuration_share_a_run_and_unfit_arms_cost_nothing(tmp_p
     tags = {r.data.tags["arm"]: r.data.tags for r in client.search_runs([experiment.experiment_id])}
     assert tags["cmnet_paper"]["same_as"] == "cmnet_pixel" and "same_as" not in tags["cmnet_pixel"]
 
-    # seed 1: cmnet_paper's run was finished on its own (before the two were known to be one): cmnet_pixel takes it
+    # seed 1 was trained under cmnet_paper (before the two were known to be one): it is not trained again, and
+    # cmnet_pixel, which holds the group's runs, takes it, so that one row holds every seed and the other says whose
     store = ResultStore(out / "results.json")
     store.put_run(RunSpec("3d-n2", "cmnet_paper", 1, 1), {**pixel, "arm": "cmnet_paper", "seed": 1, "dice": 0.77})
     trained.clear()
     assert main([*argv[:-1], "0", "1"]) == 0
     assert sorted(trained) == [("default-n2", "cmnet_paper", 1), ("default-n2", "cmnet_pixel", 1)]
     runs = ResultStore(out / "results.json").data["runs"]
-    assert runs["3d-n2|cmnet_pixel|1|1"]["same_as"] == "cmnet_paper" and runs["3d-n2|cmnet_pixel|1|1"]["dice"] == 0.77
+    assert runs["3d-n2|cmnet_pixel|1|1"]["dice"] == 0.77 and "same_as" not in runs["3d-n2|cmnet_pixel|1|1"]
+    assert runs["3d-n2|cmnet_paper|1|1"]["same_as"] == "cmnet_pixel"
+    table = (out / "leaderboard.md").read_text().split("## 3d-n2")[1]
+    assert "| cmnet_pixel | cmnet | 2/2 |" in table and "| cmnet_paper (= cmnet_pixel: the same configuration) | cmnet | 2/2 |" in table

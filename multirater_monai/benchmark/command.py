@@ -191,14 +191,25 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
     todo, skipped, shared = [], 0, 0
     followers: dict[str, list] = {}  # a run's key -> the (spec, arm) of the arms that take its record
+    def trained_itself(spec: RunSpec) -> bool:
+        return store.done(spec) and not store.run(spec).get("same_as")
+
     for seed in seeds:  # seeds outermost: a deadline leaves whole tables of the first seeds
         for suite in suites:
             for group in groups[suite.name]:
+                # one arm of the group trains on every seed (the one that trained most runs itself, else the
+                # first), so that its row holds the runs and the others' rows say whose they are
+                owner = max(group, key=lambda a: sum(trained_itself(RunSpec(suite.name, a.name, k, epochs)) for k in seeds))
+                group = [owner, *(a for a in group if a is not owner)]
                 specs = [(RunSpec(suite.name, arm.name, seed, epochs), arm) for arm in group]
-                # the run to train: one finished on its own if any (not a copy), else the first arm's
-                trained = [(s, a) for s, a in specs if store.done(s) and not store.run(s).get("same_as")]
-                primary = specs[0] if args.rerun or not trained else trained[0]
-                others = [(s, a) for s, a in specs if s != primary[0] and (args.rerun or not store.done(s))]
+                primary = specs[0]
+                adopted = next((s for s, _ in specs[1:] if trained_itself(s)), None)
+                if not args.rerun and not store.done(primary[0]) and adopted is not None:
+                    # this seed was trained under another arm of the group: the owner takes it as its own run
+                    record = {**store.run(adopted), "arm": owner.name, "bundle": owner.bundle, "role": owner.role}
+                    store.data["runs"][adopted.key]["same_as"] = owner.name
+                    store.put_run(primary[0], record)
+                others = [(s, a) for s, a in specs[1:] if args.rerun or not store.done(s)]
                 if store.done(primary[0]) and not args.rerun:
                     skipped += len(specs) - len(others)
                     for spec, arm in others:
