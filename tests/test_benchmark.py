@@ -422,6 +422,7 @@ def test_arms_of_one_configuration_share_a_run_and_unfit_arms_cost_nothing(tmp_p
     # cmnet_pixel, which holds the group's runs, takes it, so that one row holds every seed and the other says whose
     store = ResultStore(out / "results.json")
     store.put_run(RunSpec("3d-n2", "cmnet_paper", 1, 1), {**pixel, "arm": "cmnet_paper", "seed": 1, "dice": 0.77})
+    store.put_run(RunSpec("3d-n2", "cmnet_pixel", 1, 1), {**pixel, "seed": 1, "dice": 0.77, "same_as": "cmnet_paper"})
     trained.clear()
     assert main([*argv[:-1], "0", "1"]) == 0
     assert sorted(trained) == [("default-n2", "cmnet_paper", 1), ("default-n2", "cmnet_pixel", 1)]

@@ -204,7 +204,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 specs = [(RunSpec(suite.name, arm.name, seed, epochs), arm) for arm in group]
                 primary = specs[0]
                 adopted = next((s for s, _ in specs[1:] if trained_itself(s)), None)
-                if not args.rerun and not store.done(primary[0]) and adopted is not None:
+                if not args.rerun and not trained_itself(primary[0]) and adopted is not None:
                     # this seed was trained under another arm of the group: the owner takes it as its own run
                     record = {**store.run(adopted), "arm": owner.name, "bundle": owner.bundle, "role": owner.role}
                     store.data["runs"][adopted.key]["same_as"] = owner.name
