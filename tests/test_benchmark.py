@@ -431,3 +431,46 @@ def test_arms_of_one_configuration_share_a_run_and_unfit_arms_cost_nothing(tmp_p
     assert runs["3d-n2|cmnet_paper|1|1"]["same_as"] == "cmnet_pixel"
     table = (out / "leaderboard.md").read_text().split("## 3d-n2")[1]
     assert "| cmnet_pixel | cmnet | 2/2 |" in table and "| cmnet_paper (= cmnet_pixel: the same configuration) | cmnet | 2/2 |" in table
+
+
+def test_a_results_file_without_its_mlflow_store_gets_its_runs_logged_again(tmp_path, monkeypatch):
+    """A published leaderboard keeps results.json but not mlflow.db: a later call (here --report-only) logs every
+    stored run that the tracking store lacks, with its numbers and tags, and records the new run ids; a further
+    call logs nothing twice."""
+    import mlflow
+
+    from multirater_monai.cli import main
+
+    def fake_run_one(spec, arm, data, out, root, threads, rerun=False):
+        return {"suite": spec.suite, "arm": arm.name, "bundle": arm.bundle, "role": arm.role, "seed": spec.seed,
+                "epochs": spec.epochs, "threads": threads, "status": "done", "dice": 0.5 + spec.seed / 10,
+                "train_s": 1.0}
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    out = tmp_path / "out"
+    argv = ["benchmark", "--root", str(ROOT), "--out", str(out), "--suites", "default", "--num-train", "2",
+            "--epochs", "1", "--jobs", "1", "--no-cost", "--arms", "majority", "--seeds", "0", "1"]
+    assert main(argv) == 0
+    old_ids = {k: r["mlflow_run_id"] for k, r in ResultStore(out / "results.json").data["runs"].items()}
+    copy = tmp_path / "copy"  # results.json alone, as committed or copied to another machine
+    copy.mkdir()
+    shutil.copy(out / "results.json", copy / "results.json")
+    out = copy
+    argv[argv.index("--out") + 1] = str(copy)
+
+    def logged_runs() -> dict:
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("benchmark/default-n2")
+        return {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+
+    assert main([*argv, "--report-only"]) == 0
+    runs = ResultStore(out / "results.json").data["runs"]
+    logged = logged_runs()
+    assert set(logged) == {r["mlflow_run_id"] for r in runs.values()} and len(logged) == 2
+    assert not set(logged) & set(old_ids.values())
+    for record in runs.values():
+        run = logged[record["mlflow_run_id"]]
+        assert run.data.metrics["dice"] == pytest.approx(record["dice"])
+        assert run.data.tags["seed"] == str(record["seed"]) and run.data.tags["arm"] == "majority"
+    assert main([*argv, "--report-only"]) == 0
+    assert set(logged_runs()) == set(logged)

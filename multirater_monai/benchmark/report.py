@@ -21,7 +21,7 @@ from multirater_monai.benchmark.runner import RunSpec
 from multirater_monai.benchmark.suites import Suite
 from multirater_monai.bundle_utils import sqlite_tracking_uri
 
-__all__ = ["METRICS", "Row", "leaderboard_rows", "protocol_runs", "write_reports", "log_mlflow_run"]
+__all__ = ["METRICS", "Row", "leaderboard_rows", "protocol_runs", "write_reports", "log_mlflow_run", "mlflow_run_ids"]
 
 # metric -> (column title, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -316,10 +316,29 @@ def write_reports(
     local = tracking_uri == sqlite_tracking_uri(out)
     ui = "mlflow ui --backend-store-uri sqlite:///mlflow.db` (from this folder" if local else (
         f"mlflow ui --backend-store-uri {tracking_uri}` (")
-    index.append(f"- MLflow: `{ui}; experiment `benchmark/<suite>`, one run per arm and seed)")
+    index.append(f"- MLflow: `{ui}; experiment `benchmark/<suite>`, one run per arm and seed; where the store is "
+                 f"missing, e.g. in a clone, `{command} --report-only` logs the runs of `results.json` into it again)")
     files["index"] = out / "index.md"
     files["index"].write_text("\n".join(index) + "\n")
     return files
+
+
+def mlflow_run_ids(tracking_uri: str, suites: list[str]) -> set[str]:
+    """The ids of the runs in the experiments ``benchmark/<suite>`` of the tracking store (none where it has none)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    ids: set[str] = set()
+    for suite in suites:
+        experiment = client.get_experiment_by_name(f"benchmark/{suite}")
+        token = None
+        while experiment is not None:
+            page = client.search_runs([experiment.experiment_id], max_results=1000, page_token=token)
+            ids.update(run.info.run_id for run in page)
+            token = page.token
+            if not token:
+                break
+    return ids
 
 
 def log_mlflow_run(tracking_uri: str, spec: RunSpec, arm: Arm, record: dict) -> str:
