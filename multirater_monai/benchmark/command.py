@@ -136,7 +136,7 @@ def _fmt_time(seconds: float) -> str:
 def run_benchmark(args: argparse.Namespace) -> int:
     """Run the benchmark that ``args`` select (see :data:`DESCRIPTION`); 0 when every run finished, 1 otherwise."""
     from multirater_monai.benchmark.arms import resolve_arms
-    from multirater_monai.benchmark.report import leaderboard_rows, log_mlflow_run, mlflow_run_ids, write_reports
+    from multirater_monai.benchmark.report import leaderboard_rows, log_missing_mlflow_runs, log_mlflow_run, write_reports
     from multirater_monai.benchmark.runner import ResultStore, RunSpec, measure_cost, run_one, training_configuration
     from multirater_monai.benchmark.suites import label_statistics, prepare_suite
     from multirater_monai.bundle_utils import sqlite_tracking_uri
@@ -288,15 +288,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     # every selected run of results.json has its MLflow run here, also when results.json came from another machine
     # or the tracking store was lost (results.json is what a published leaderboard keeps; mlflow.db is not)
     try:
-        known = mlflow_run_ids(tracking_uri, list(datas))
         specs = [RunSpec(suite, arm, seed, epochs) for suite in datas for arm in arms_by_name for seed in seeds]
-        missing = [s for s in specs if store.run(s) is not None and store.run(s).get("mlflow_run_id") not in known]
-        for spec in missing:
-            record = store.run(spec)
-            run_id = log_mlflow_run(tracking_uri, spec, arms_by_name[spec.arm], record)
-            store.put_run(spec, {**record, "mlflow_run_id": run_id})
-        if missing:
-            say(f"{len(missing)} run(s) of results.json had no MLflow run in {tracking_uri}: logged")
+        logged = log_missing_mlflow_runs(tracking_uri, store, specs, arms_by_name)
+        if logged:
+            say(f"{logged} run(s) of results.json had no MLflow run in {tracking_uri}: logged")
     except Exception as e:  # noqa: BLE001 - a tracking problem must not lose the leaderboard
         say(f"MLflow logging of the stored runs failed: {e}")
 

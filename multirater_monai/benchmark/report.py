@@ -21,7 +21,7 @@ from multirater_monai.benchmark.runner import RunSpec
 from multirater_monai.benchmark.suites import Suite
 from multirater_monai.bundle_utils import sqlite_tracking_uri
 
-__all__ = ["METRICS", "Row", "leaderboard_rows", "protocol_runs", "write_reports", "log_mlflow_run", "mlflow_run_ids"]
+__all__ = ["METRICS", "Row", "leaderboard_rows", "protocol_runs", "write_reports", "log_mlflow_run", "log_missing_mlflow_runs"]
 
 # metric -> (column title, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -323,22 +323,36 @@ def write_reports(
     return files
 
 
-def mlflow_run_ids(tracking_uri: str, suites: list[str]) -> set[str]:
-    """The ids of the runs in the experiments ``benchmark/<suite>`` of the tracking store (none where it has none)."""
+def _mlflow_run_ids(tracking_uri: str, suites: list[str]) -> set[str]:
+    """The ids of the runs in the experiments ``benchmark/<suite>`` of the tracking store."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     ids: set[str] = set()
     for suite in suites:
         experiment = client.get_experiment_by_name(f"benchmark/{suite}")
+        if experiment is None:
+            continue
         token = None
-        while experiment is not None:
+        while True:
             page = client.search_runs([experiment.experiment_id], max_results=1000, page_token=token)
             ids.update(run.info.run_id for run in page)
             token = page.token
             if not token:
                 break
     return ids
+
+
+def log_missing_mlflow_runs(tracking_uri: str, store, specs: list[RunSpec], arms: dict[str, Arm]) -> int:
+    """Log each stored run of ``specs`` whose ``mlflow_run_id`` the tracking store lacks (``results.json`` copied
+    or committed without ``mlflow.db``), record the new ids in ``store`` with one write; returns how many."""
+    known = _mlflow_run_ids(tracking_uri, sorted({spec.suite for spec in specs}))
+    records = {spec: store.run(spec) for spec in specs}
+    missing = {spec: r for spec, r in records.items() if r is not None and r.get("mlflow_run_id") not in known}
+    if missing:
+        store.put_runs({spec: {**r, "mlflow_run_id": log_mlflow_run(tracking_uri, spec, arms[spec.arm], r)}
+                        for spec, r in missing.items()})
+    return len(missing)
 
 
 def log_mlflow_run(tracking_uri: str, spec: RunSpec, arm: Arm, record: dict) -> str:

@@ -73,6 +73,12 @@ class ResultStore:
             self.data["runs"][spec.key] = record
             self._write()
 
+    def put_runs(self, records: dict[RunSpec, dict]) -> None:
+        """Store several runs with one write."""
+        with self._lock:
+            self.data["runs"].update({spec.key: record for spec, record in records.items()})
+            self._write()
+
     def put_cost(self, key: str, record: dict) -> None:
         with self._lock:
             self.data["costs"][key] = record
