@@ -474,3 +474,45 @@ def test_a_results_file_without_its_mlflow_store_gets_its_runs_logged_again(tmp_
         assert run.data.tags["seed"] == str(record["seed"]) and run.data.tags["arm"] == "majority"
     assert main([*argv, "--report-only"]) == 0
     assert set(logged_runs()) == set(logged)
+
+
+def test_costs_only_measures_every_cost_again_in_one_call_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    """The cost columns compare only when measured under one load: --costs-only measures every selected arm's
+    cost again (once per bundle and overrides), keeps every run, trains nothing and writes the leaderboard with
+    the new costs; a plain call keeps the costs it finds."""
+    from multirater_monai.cli import main
+
+    trained, costed = [], []
+
+    def fake_run_one(spec, arm, data, out, root, threads, rerun=False):
+        trained.append(spec.arm)
+        return {"suite": spec.suite, "arm": arm.name, "bundle": arm.bundle, "role": arm.role, "seed": spec.seed,
+                "epochs": spec.epochs, "status": "done", "dice": 0.5, "train_s": 1.0}
+
+    def fake_cost(arm, dims, *args):
+        costed.append(arm.name)
+        return {"status": "done", "step_ms_median": 10.0 * len(costed), "peak_over_idle_mib": 1.0, "parameters": 3}
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    monkeypatch.setattr(runner, "measure_cost", fake_cost)
+    out = tmp_path / "out"
+    same = "fused_unet:fusion=majority"  # the majority arm's bundle and overrides under another name
+    argv = ["benchmark", "--root", str(ROOT), "--out", str(out), "--suites", "default", "--num-train", "2",
+            "--epochs", "1", "--jobs", "1", "--arms", "majority", same, "cmnet_pixel", "--seeds", "0"]
+    assert main(argv) == 0
+    assert sorted(trained) == ["cmnet_pixel", "majority"] and sorted(costed) == ["cmnet_pixel", "majority"]
+    runs = ResultStore(out / "results.json").data["runs"]
+
+    trained.clear(), costed.clear()
+    assert main(argv) == 0  # a plain call keeps the costs it finds
+    assert trained == [] and costed == []
+    assert main([*argv, "--costs-only"]) == 0
+    assert trained == [] and sorted(costed) == ["cmnet_pixel", "majority"]
+    data = ResultStore(out / "results.json").data
+    assert {k: r["dice"] for k, r in data["runs"].items()} == {k: r["dice"] for k, r in runs.items()}
+    costs = {k.split("|")[0]: c["step_ms_median"] for k, c in data["costs"].items()}
+    assert costs[same] == costs["majority"] and sorted({costs["majority"], costs["cmnet_pixel"]}) == [10.0, 20.0]
+    rows = {r["arm"]: r for r in json.loads((out / "leaderboard.json").read_text())["rows"]}
+    assert rows["cmnet_pixel"]["step_ms"] == costs["cmnet_pixel"]
+    assert main([*argv, "--costs-only", "--report-only"]) == 2
+    assert "ERROR: --costs-only measures the costs and trains nothing" in capsys.readouterr().err

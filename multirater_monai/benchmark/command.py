@@ -61,6 +61,9 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rerun", action="store_true", help="train again the runs already finished")
     p.add_argument("--report-only", action="store_true", help="write the leaderboard from results.json, train nothing")
     p.add_argument("--no-cost", action="store_true", help="skip the train-step time / memory measurement")
+    p.add_argument("--costs-only", action="store_true",
+                   help="measure the cost columns of the selected arms again, all in this call (run it on an idle "
+                        "machine so that the ratios compare), train nothing, and write the leaderboard")
     p.add_argument("--cost-steps", type=int, default=10, help="train steps timed per arm (median; default 10)")
     p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
                    help="start no run after this many seconds (the rest is left for the next call)")
@@ -155,6 +158,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs else min(cores, 4)
     if epochs < 1 or jobs < 1:
         raise UserError("--epochs and --jobs must be at least 1.")
+    if args.costs_only and (args.no_cost or args.report_only):
+        raise UserError("--costs-only measures the costs and trains nothing: not with --no-cost or --report-only.")
     out = (args.out if args.out is not None else root / "benchmarks" / "results" / "leaderboard").resolve()
     store = ResultStore(out / "results.json")
     tracking_uri = sqlite_tracking_uri(str(out))
@@ -219,29 +224,38 @@ def run_benchmark(args: argparse.Namespace) -> int:
                     followers[primary[0].key] = others
                     skipped += len(specs) - 1 - len(others)
                 shared += len(others)
-    if args.report_only:
+    if args.report_only or args.costs_only:
         todo = []
     say(f"{len(todo)} run(s) to do, {skipped} already finished (kept; --rerun trains them again)"
         + (f"; {shared} run(s) of arms whose configuration on the suite is another arm's take that arm's run"
            if shared else ""))
 
     if not args.no_cost and not args.report_only:
+        # --rerun and --costs-only measure every cost again, once per configuration in this call: the costs of one
+        # call were taken under one load, so their ratios compare
+        measured: set[str] = set()
+
+        def current_cost(key: str) -> bool:
+            done = store.data["costs"].get(key, {}).get("status") == "done"
+            return done and (key in measured or not (args.rerun or args.costs_only))
+
         for arm in arms:
             # the dimensions of the selected suites the arm runs on (none: an arm n/a everywhere costs nothing)
             for dims in sorted({s.spatial_dims for s in suites
                                 if arm.runs_on(s.settings, datas[s.name].oracle_datalist is not None)}):
                 key = f"{arm.name}|{dims}"
-                if store.data["costs"].get(key, {}).get("status") == "done" and not args.rerun:
+                if current_cost(key):
                     continue
                 same = next((f"{a.name}|{dims}" for a in arms if a is not arm and (a.bundle, a.overrides) ==
-                             (arm.bundle, arm.overrides) and store.data["costs"].get(f"{a.name}|{dims}", {}).get(
-                                 "status") == "done"), None)
-                if same is not None and not args.rerun:  # the same bundle and overrides: the same network and step
+                             (arm.bundle, arm.overrides) and current_cost(f"{a.name}|{dims}")), None)
+                if same is not None:  # the same bundle and overrides: the same network and step
                     store.put_cost(key, store.data["costs"][same])
+                    measured.add(key)
                     continue
                 say(f"cost of {arm.name} ({dims}D): {args.cost_steps} train steps ...")
                 record = measure_cost(arm, dims, out, root, args.cost_steps, 2, cores)
                 store.put_cost(key, record)
+                measured.add(key)
                 if record["status"] != "done":
                     say(f"cost of {arm.name} ({dims}D) FAILED, see {record['log']}")
 
