@@ -327,6 +327,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     done = {r["arm"]: r for r in results.values() if r["status"] == "done"}
     failed = [r for r in results.values() if r["status"] == "failed"]
     assert set(done) == {"majority", "cmnet_pixel"}
+    assert all(r["kept_epoch"] == 1 for r in done.values())  # the epoch model selection kept (of one)
     assert len(failed) == 1 and Path(failed[0]["log"]).is_file() and "no_such_fusion" in Path(failed[0]["log"]).read_text()
     table = (out / "leaderboard.md").read_text()
     for arm, record in done.items():
@@ -348,6 +349,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     runs = {r.data.tags["arm"]: r for r in client.search_runs([experiment.experiment_id])}
     assert set(runs) == {"majority", "cmnet_pixel", "fused_unet:fusion=no_such_fusion"}
     assert runs["cmnet_pixel"].data.metrics["dice"] == pytest.approx(done["cmnet_pixel"]["dice"])
+    assert runs["majority"].data.metrics["kept_epoch"] == 1
     assert runs["majority"].data.tags["seed"] == "0" and runs["fused_unet:fusion=no_such_fusion"].data.tags["status"] == "failed"
 
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)

@@ -376,7 +376,7 @@ def log_mlflow_run(tracking_uri: str, spec: RunSpec, arm: Arm, record: dict) -> 
     params = [mlflow.entities.Param(k, json.dumps(v)[:500]) for k, v in arm.overrides.items()]
     now = int(time.time() * 1000)
     metrics = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in record.items()
-               if (k in METRICS or k in ("train_s", "train_peak_mib")) and _finite(v)]
+               if (k in METRICS or k in ("train_s", "train_peak_mib", "kept_epoch")) and _finite(v)]
     client.log_batch(run_id, metrics=metrics, params=params)
     client.set_terminated(run_id, status="FINISHED" if record["status"] == "done" else "FAILED")
     return run_id

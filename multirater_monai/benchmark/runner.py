@@ -23,6 +23,7 @@ from pathlib import Path
 
 from multirater_monai.benchmark.arms import Arm
 from multirater_monai.benchmark.suites import SuiteData
+from multirater_monai.engines.model_saver import model_record_path
 
 __all__ = ["RunSpec", "ResultStore", "run_one", "measure_cost", "run_folder", "training_configuration"]
 
@@ -198,6 +199,11 @@ def run_one(
         metrics = _read_metrics(folder / "eval")
     except Exception as e:  # noqa: BLE001 - one failed run is reported; the others go on
         return {**record, "status": "failed", "error": str(e), "log": str(log)}
+    # the epoch model selection kept (the best validation metric): an early one means the rest of the training
+    # moved away from the validation target, e.g. on the heavy-noise rungs, where epoch 1 can win
+    kept = model_record_path(folder / "models" / "model.pt")
+    if kept.is_file():
+        record["kept_epoch"] = json.loads(kept.read_text()).get("epoch")
     return {**record, "status": "done", "train_s": train["seconds"], "train_peak_mib": train["peak_mib"], **metrics}
 
 
