@@ -4,7 +4,9 @@
         benchmarks/results/leaderboard/data/default/datalist.json --cm_type pixel
 
 ``model`` is a bundle's ``models/model.pt`` or a training checkpoint (``models/checkpoints/*.pt``: the
-network as it was at the end of an epoch, e.g. the last one, where the best model is an earlier one).
+network as it was at the end of an epoch, e.g. the last one, where the best model is an earlier one). The
+network is built from the CM-Net bundle's own ``network_def`` (``--bundle``), so that its heads match the
+bundle's version that trained the model; the datalist sets the dimensions, classes and raters.
 
 Prints, per rater, p(says foreground | background) and p(says foreground | foreground) as the
 network estimates them (its pixel-wise CMs averaged over the voxels of each true class) and as the
@@ -14,15 +16,25 @@ generator recorded them, and the consensus' false positives and negatives per im
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 from monai.transforms import LoadImage, NormalizeIntensity
 
 from multirater_monai.data import load_multirater_datalist, read_datalist
-from multirater_monai.networks import CMNet
 from multirater_monai.transforms import ToConfusionMatrixd
 from multirater_monai.transforms.confusion import image_confusion_matrix
+
+
+def bundle_network(bundle: str, info: dict, cm_type: str, rank: int) -> torch.nn.Module:
+    """The bundle's ``network_def`` for the dataset ``info`` (:func:`read_datalist`), on the CPU."""
+    parser = ConfigParser()
+    parser.read_config(str(Path(bundle) / "configs" / "train.json"))
+    parser.update({"spatial_dims": info["spatial_dims"], "num_classes": info["num_classes"],
+                   "num_raters": len(info["raters"]), "cm_type": cm_type, "rank": rank})
+    return parser.get_parsed_content("network_def", instantiate=True)
 
 
 def main() -> None:
@@ -32,11 +44,12 @@ def main() -> None:
     parser.add_argument("--cm_type", default="pixel")
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--section", default="test")
+    parser.add_argument("--bundle", default=str(Path(__file__).resolve().parents[1] / "bundles" / "cmnet"))
     args = parser.parse_args()
 
     info = read_datalist(args.datalist)
-    raters, classes, dims = info["raters"], info["num_classes"], info["spatial_dims"]
-    net = CMNet(dims, 1, classes, len(raters), cm_type=args.cm_type, rank=args.rank)
+    raters = info["raters"]
+    net = bundle_network(args.bundle, info, args.cm_type, args.rank)
     state = torch.load(args.model, map_location="cpu", weights_only=True)
     net.load_state_dict(state.get("network", state))  # models/model.pt, or a training checkpoint
     net.eval()

@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,3 +131,25 @@ def test_unrolled_lrp_table_trains_and_evaluates_one_arm(tmp_path):
     assert module.main(args) == [result]  # finished runs are not trained again
     report = ["--arms", "unrolled_lrp", "--pixel-labels", "3", "--seeds", "0", "1", "--report-only", "--out", str(tmp_path)]
     assert module.main(report) == [result]  # seed 1 has not run, and --report-only does not run it
+
+
+def test_rater_cms_reads_a_model_of_the_current_cmnet_bundle(tmp_path):
+    """The script builds the bundle's own network, so a model.pt the bundle saved loads (heads included)."""
+    from monai.bundle import ConfigParser
+
+    from multirater_monai.data import generate_synthetic_dataset, read_datalist
+
+    datalist = generate_synthetic_dataset(tmp_path / "data", image_size=32, num_train=2, num_val=1, num_test=2,
+                                          raters=["dilated", "eroded", "none"])
+    info = read_datalist(str(datalist))
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / "cmnet" / "configs" / "train.json"))
+    parser.update({"num_raters": len(info["raters"])})
+    model = tmp_path / "model.pt"
+    torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), model)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rater_cms.py"), str(model), str(datalist)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:4]] == ["dilated", "eroded", "none"]
+    assert lines[4].startswith("consensus:") and "2 images of 'test'" in lines[4]
