@@ -5,8 +5,10 @@
 
 ``model`` is a bundle's ``models/model.pt`` or a training checkpoint (``models/checkpoints/*.pt``: the
 network as it was at the end of an epoch, e.g. the last one, where the best model is an earlier one). The
-network is built from the CM-Net bundle's own ``network_def`` (``--bundle``), so that its heads match the
-bundle's version that trained the model; the datalist sets the dimensions, classes and raters.
+network is built from the CM-Net bundle's own ``network_def`` (``--bundle``; with its ``3d.json`` for 3D data),
+so that its heads match the bundle's version that trained the model; the datalist sets the dimensions, classes
+and raters. A model trained with other heads than the bundle's default (arm ``cmnet_paper``, or a 2D model of a
+bundle before 0.7.0) needs ``--head_hidden per_rater``.
 
 Prints, per rater, p(says foreground | background) and p(says foreground | foreground) as the
 network estimates them (its pixel-wise CMs averaged over the voxels of each true class) and as the
@@ -28,12 +30,15 @@ from multirater_monai.transforms import ToConfusionMatrixd
 from multirater_monai.transforms.confusion import image_confusion_matrix
 
 
-def bundle_network(bundle: str, info: dict, cm_type: str, rank: int) -> torch.nn.Module:
+def bundle_network(bundle: str, info: dict, cm_type: str, rank: int, head_hidden: str | None = None) -> torch.nn.Module:
     """The bundle's ``network_def`` for the dataset ``info`` (:func:`read_datalist`), on the CPU."""
+    configs = Path(bundle) / "configs"
     parser = ConfigParser()
-    parser.read_config(str(Path(bundle) / "configs" / "train.json"))
+    parser.read_config([str(configs / "train.json")] + ([str(configs / "3d.json")] if info["spatial_dims"] == 3 else []))
     parser.update({"spatial_dims": info["spatial_dims"], "num_classes": info["num_classes"],
                    "num_raters": len(info["raters"]), "cm_type": cm_type, "rank": rank})
+    if head_hidden is not None:
+        parser["head_hidden"] = head_hidden
     return parser.get_parsed_content("network_def", instantiate=True)
 
 
@@ -45,11 +50,12 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--section", default="test")
     parser.add_argument("--bundle", default=str(Path(__file__).resolve().parents[1] / "bundles" / "cmnet"))
+    parser.add_argument("--head_hidden", choices=["shared", "per_rater"], help="default: the bundle's")
     args = parser.parse_args()
 
     info = read_datalist(args.datalist)
     raters = info["raters"]
-    net = bundle_network(args.bundle, info, args.cm_type, args.rank)
+    net = bundle_network(args.bundle, info, args.cm_type, args.rank, args.head_hidden)
     state = torch.load(args.model, map_location="cpu", weights_only=True)
     net.load_state_dict(state.get("network", state))  # models/model.pt, or a training checkpoint
     net.eval()

@@ -153,3 +153,10 @@ def test_rater_cms_reads_a_model_of_the_current_cmnet_bundle(tmp_path):
     lines = out.stdout.splitlines()
     assert [line.split()[0] for line in lines[1:4]] == ["dilated", "eroded", "none"]
     assert lines[4].startswith("consensus:") and "2 images of 'test'" in lines[4]
+
+    parser.update({"head_hidden": "per_rater"})  # the paper's heads (arm cmnet_paper) load when asked for
+    torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), model)
+    paper = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rater_cms.py"), str(model), str(datalist),
+                            "--head_hidden", "per_rater"], capture_output=True, text=True)
+    assert paper.returncode == 0, paper.stderr[-2000:]
+    assert paper.stdout.splitlines()[4].startswith("consensus:")
