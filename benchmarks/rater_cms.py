@@ -25,6 +25,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import LoadImage, NormalizeIntensity
 
+from multirater_monai.bundle_utils import bundle_config_files
 from multirater_monai.data import load_multirater_datalist, read_datalist
 from multirater_monai.transforms import ToConfusionMatrixd
 from multirater_monai.transforms.confusion import image_confusion_matrix
@@ -34,7 +35,7 @@ def bundle_network(bundle: str, info: dict, cm_type: str, rank: int, head_hidden
     """The bundle's ``network_def`` for the dataset ``info`` (:func:`read_datalist`), on the CPU."""
     configs = Path(bundle) / "configs"
     parser = ConfigParser()
-    parser.read_config([str(configs / "train.json")] + ([str(configs / "3d.json")] if info["spatial_dims"] == 3 else []))
+    parser.read_config([str(f) for f in bundle_config_files(configs, info["spatial_dims"])])
     parser.update({"spatial_dims": info["spatial_dims"], "num_classes": info["num_classes"],
                    "num_raters": len(info["raters"]), "cm_type": cm_type, "rank": rank})
     if head_hidden is not None:

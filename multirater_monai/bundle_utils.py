@@ -16,6 +16,7 @@ from multirater_monai.errors import UserError
 
 __all__ = [
     "find_bundle_root",
+    "bundle_config_files",
     "default_dataset_dir",
     "sqlite_tracking_uri",
     "parse_bundle_spec",
@@ -45,6 +46,16 @@ def find_bundle_root(name: str) -> str:
     if (candidate / "configs" / "metadata.json").is_file():
         return str(candidate)
     return str(cwd)
+
+
+def bundle_config_files(
+    configs: str | os.PathLike, spatial_dims: int, names: Sequence[str] = ("train.json",)
+) -> list[Path]:
+    """The config files a bundle runs with in ``spatial_dims``: ``configs/<name>`` for each of ``names``, then, in
+    3D, the bundle's ``configs/3d.json`` merged over them (as ``monai.bundle run --config_file
+    "['configs/train.json','configs/3d.json']"`` merges them)."""
+    configs = Path(configs)
+    return [configs / name for name in names] + ([configs / "3d.json"] if spatial_dims == 3 else [])
 
 
 def default_dataset_dir(bundle_root: str | os.PathLike, dataset: str) -> str:

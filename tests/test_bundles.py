@@ -31,6 +31,8 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
+from multirater_monai.bundle_utils import bundle_config_files
+
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"
 BUNDLES = sorted(p.name for p in (ROOT / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
@@ -112,6 +114,18 @@ def test_cmnet_3d_keeps_the_papers_per_rater_heads(config):
     parser["bundle_root"] = str(configs("cmnet").parent)
     network = parser.get_parsed_content("network_def")
     assert network.spatial_dims == 3 and network.annotator.head.heads.blocks[1].conv.groups == 5
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_config_files_give_the_bundle_in_its_dimension(name):
+    """The benchmark, its cost measurement and ``rater_cms.py`` read a bundle's configs through one helper: in 3D
+    its ``3d.json`` comes last, over the files asked for, so the merged config is 3D; in 2D it is left out."""
+    for dims in (2, 3):
+        files = bundle_config_files(configs(name), dims, ("train.json", "evaluate.json"))
+        assert [f.name for f in files] == ["train.json", "evaluate.json"] + (["3d.json"] if dims == 3 else [])
+        parser = ConfigParser()
+        parser.read_config([str(f) for f in files])
+        assert parser.get_parsed_content("spatial_dims") == dims
 
 
 @pytest.mark.parametrize("name", BUNDLES)

@@ -25,7 +25,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Callable
 
-from multirater_monai.bundle_utils import check_override_ids, parse_bundle_spec
+from multirater_monai.bundle_utils import bundle_config_files, check_override_ids, parse_bundle_spec
 
 __all__ = ["measure_train_step", "saved_activation_mib"]
 
@@ -101,9 +101,8 @@ def measure_train_step(
 
     configs = root / "bundles" / bundle / "configs"
     check_override_ids(configs / "train.json", overrides, f"bundle variant '{spec}'")
-    files = [str(configs / "train.json")] + ([str(configs / "3d.json")] if dims == 3 else [])
     parser = ConfigParser()
-    parser.read_config(files)
+    parser.read_config([str(f) for f in bundle_config_files(configs, dims)])
     parser["device"] = f"$torch.device('{device}')"
     parser["mlflow_enabled"] = False
     parser["bundle_root"] = str(data_dir / "bundle_root")

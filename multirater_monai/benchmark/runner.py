@@ -23,6 +23,7 @@ from pathlib import Path
 
 from multirater_monai.benchmark.arms import Arm
 from multirater_monai.benchmark.suites import SuiteData
+from multirater_monai.bundle_utils import bundle_config_files
 from multirater_monai.engines.model_saver import model_record_path
 
 __all__ = ["RunSpec", "ResultStore", "run_one", "measure_cost", "run_folder", "training_configuration"]
@@ -128,10 +129,11 @@ def _read_metrics(eval_dir: Path) -> dict[str, float]:
         return {row[0]: float(row[1]) for row in csv.reader(f) if len(row) == 2}
 
 
-def _config_files(arm: Arm, data: SuiteData, root: Path) -> tuple[Path, list[Path]]:
-    """The arm's bundle ``configs`` folder and the files merged over its ``train.json`` on this suite."""
+def _config_files(arm: Arm, data: SuiteData, root: Path, names: tuple[str, ...] = ("train.json",)) -> list[Path]:
+    """The config files a run of ``arm`` on this suite merges: its bundle's ``names`` (with ``3d.json`` on a 3D
+    suite), then the suite's own files."""
     configs = root / "bundles" / arm.bundle / "configs"
-    return configs, ([configs / "3d.json"] if data.suite.spatial_dims == 3 else []) + list(data.config_files)
+    return bundle_config_files(configs, data.suite.spatial_dims, names) + list(data.config_files)
 
 
 def training_configuration(arm: Arm, data: SuiteData, root: Path) -> str:
@@ -143,8 +145,7 @@ def training_configuration(arm: Arm, data: SuiteData, root: Path) -> str:
     from monai.bundle import ConfigParser
     from monai.bundle.utils import merge_kv
 
-    configs, extra = _config_files(arm, data, root)
-    parser = ConfigParser(ConfigParser.load_config_files([str(f) for f in [configs / "train.json", *extra]]))
+    parser = ConfigParser(ConfigParser.load_config_files([str(f) for f in _config_files(arm, data, root)]))
     for key, value in {**data.overrides, **arm.overrides}.items():
         merge_kv(parser, key, value)
     return json.dumps({"bundle": arm.bundle, "on_truth": arm.oracle, "config": parser.get()}, sort_keys=True, default=str)
@@ -159,7 +160,6 @@ def run_one(
     if rerun and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    configs, dims_files = _config_files(arm, data, root)
     overrides = {
         **data.overrides,
         **arm.overrides,
@@ -189,13 +189,13 @@ def run_one(
             if checkpoints.is_dir() and any(checkpoints.glob("*.pt")):
                 train_overrides["resume"] = True  # an interrupted training continues where it stopped
                 record["resumed"] = True
-            train = _bundle_run([configs / "train.json", *dims_files], train_overrides, log, threads, root)
+            train = _bundle_run(_config_files(arm, data, root), train_overrides, log, threads, root)
             done_file.write_text(json.dumps(train))
         log = folder / "evaluate.log"
         # every arm is scored against the truth where the suite has it, whatever its bundle selects models by
         # (TAX validates against each image's own annotator)
         eval_overrides = {**overrides, "val_target": "gt"} if data.oracle_datalist is not None else overrides
-        _bundle_run([configs / "train.json", configs / "evaluate.json", *dims_files], eval_overrides, log, threads, root)
+        _bundle_run(_config_files(arm, data, root, ("train.json", "evaluate.json")), eval_overrides, log, threads, root)
         metrics = _read_metrics(folder / "eval")
     except Exception as e:  # noqa: BLE001 - one failed run is reported; the others go on
         return {**record, "status": "failed", "error": str(e), "log": str(log)}
