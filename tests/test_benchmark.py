@@ -17,7 +17,7 @@ import torch
 
 from multirater_monai.benchmark import runner
 from multirater_monai.benchmark.arms import Arm, discover_arms, reference_arm, resolve_arms
-from multirater_monai.benchmark.report import leaderboard_rows, markdown_table, protocol_runs
+from multirater_monai.benchmark.report import leaderboard_rows, markdown_table, protocol_runs, runs_finished_line
 from multirater_monai.benchmark.runner import ResultStore, RunSpec, run_one
 from multirater_monai.benchmark.suites import (
     SYNTHETIC_SUITES,
@@ -302,6 +302,12 @@ def test_leaderboard_means_best_na_and_failures():
     assert "n/a" in lines["tax"] and "/x/train.log" in lines["broken"]
     # what is left of the protocol: 2 seeds of the 4 arms that fit (tax does not), 5 runs finished
     assert protocol_runs(list(rows.values()), [0, 1]) == (5, 8)
+
+
+def test_the_index_says_whether_the_protocol_is_complete():
+    assert "trained by the next call" in runs_finished_line(5, 8) and "complete" not in runs_finished_line(5, 8)
+    complete = runs_finished_line(8, 8)
+    assert complete.startswith("8 of the 8 runs") and "complete" in complete and "next call" not in complete
 
 
 # ---------------------------------------------------------------- end to end

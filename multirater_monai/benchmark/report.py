@@ -187,6 +187,14 @@ def protocol_runs(rows: list[Row], seeds: list[int]) -> tuple[int, int]:
     return sum(len(r.seeds) for r in fitting), len(fitting) * len(seeds)
 
 
+def runs_finished_line(finished: int, planned: int) -> str:
+    """The index's sentence on how much of the protocol finished, and what the next call of the command does."""
+    line = f"{finished} of the {planned} runs of this command finished (every arm that fits a suite, on every seed"
+    if finished == planned:
+        return line + "): the protocol is complete."
+    return line + "; the rest: `not run` or `failed` in the tables, trained by the next call of the command)."
+
+
 def _csv_rows(tables: dict[str, list[Row]]) -> list[dict]:
     out = []
     for suite, rows in tables.items():
@@ -305,8 +313,7 @@ def write_reports(
         files["noise_ladder"] = ladder
     finished, planned = map(sum, zip(*(protocol_runs(rows, seeds) for rows in tables.values()))) if tables else (0, 0)
     index = [f"# Benchmark\n\n`{command}` · {date} · {machine}\n",
-             f"{finished} of the {planned} runs of this command finished (every arm that fits a suite, on every "
-             f"seed; the rest: `not run` or `failed` in the tables, trained by the next call of the command).\n",
+             runs_finished_line(finished, planned) + "\n",
              f"- [Leaderboard]({files['markdown'].name}) (also [CSV]({files['csv'].name}), [JSON]({files['json'].name}))",
              f"- Every run: `results.json`; logs and outputs: `runs/<suite>/<arm>/seed<k>-e{epochs}/`"]
     if "noise_ladder" in files:
