@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import subprocess
@@ -160,3 +161,32 @@ def test_rater_cms_reads_a_model_of_the_current_cmnet_bundle(tmp_path):
                             "--head_hidden", "per_rater"], capture_output=True, text=True)
     assert paper.returncode == 0, paper.stderr[-2000:]
     assert paper.stdout.splitlines()[4].startswith("consensus:")
+
+
+def test_dice_by_presence_separates_segmentation_from_false_positives_on_absent_classes(tmp_path):
+    (tmp_path / "gt").mkdir()
+    both, only_one = np.zeros((8, 8)), np.zeros((8, 8))
+    both[1:3, 1:3], both[5:7, 5:7] = 1, 2
+    only_one[1:3, 1:3] = 1
+    _save(tmp_path / "gt" / "a.nii.gz", both)
+    _save(tmp_path / "gt" / "b.nii.gz", only_one)
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"test": [{"image": "images/a.nii.gz", "gt": "gt/a.nii.gz"},
+                                             {"image": "images/b.nii.gz", "gt": "gt/b.nii.gz"}]}))
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    # class 2 is absent from b: Dice 0 there means a false positive, whatever the present pairs score
+    (run / "eval" / "dice_raw.csv").write_text(
+        "filename,class0,class1,mean\n/x/images/a.nii.gz,0.5,0.7,0.6\n/x/images/b.nii.gz,0.9,0.0,0.45\n")
+    module = _load("dice_by_presence")
+    with open(run / "eval" / "dice_raw.csv") as f:
+        rows = list(csv.DictReader(f))
+    result = module.split(rows, module.present_classes(datalist, 3), run / "eval" / "dice_raw.csv")
+    assert result["present"] == 3 and result["present_dice"] == pytest.approx((0.5 + 0.7 + 0.9) / 3)
+    assert (result["absent"], result["false_positive"]) == (1, 1) and result["dice"] == pytest.approx(2.1 / 4)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dice_by_presence.py"), "--datalist", str(datalist),
+                          "--runs", str(run)], capture_output=True, text=True, check=True).stdout
+    assert "| 0.525 | 0.700 (3) | 1 of 1 | label 1: 0.700, 0 / 0; label 2: 0.700, 1 / 1 |" in out
+    missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dice_by_presence.py"), "--datalist",
+                              str(datalist), "--runs", str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert missing.returncode != 0 and "dice_raw.csv: no such file" in missing.stderr
