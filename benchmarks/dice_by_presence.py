@@ -15,47 +15,53 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
+from monai.transforms import LoadImage
+
+from multirater_monai.data import load_multirater_datalist
 
 
 def present_classes(datalist: Path, num_classes: int) -> dict[str, list[bool]]:
     """File name of each test image -> whether each foreground class (1 … num_classes-1) is in its truth."""
-    root = datalist.parent
+    load = LoadImage(image_only=True)
     present = {}
-    for item in json.loads(datalist.read_text())["test"]:
-        if "gt" not in item:
+    for item in load_multirater_datalist(datalist, "test", check=False, num_classes=num_classes):
+        if not item.get("gt"):
             sys.exit(f"{datalist}: test item {item['image']} has no 'gt' (the truth): nothing to split by")
-        truth = np.asarray(nib.load(str(root / item["gt"])).dataobj)
+        truth = np.asarray(load(item["gt"]))
         present[Path(item["image"]).name] = [bool((truth == c).any()) for c in range(1, num_classes)]
     return present
 
 
+def class_columns(rows: list[dict]) -> list[str]:
+    """The per-class columns of a ``dice_raw.csv``, in its order: foreground labels 1, 2, …"""
+    return [k for k in rows[0] if k.startswith("class")]
+
+
 def split(rows: list[dict], present: dict[str, list[bool]], csv_path: Path) -> dict:
-    """Dice over every pair, over the present pairs, and the false positives on absent pairs, per class."""
-    classes = sorted(k for k in rows[0] if k.startswith("class"))
-    every, on_present = [], []
+    """Dice over every pair, over the present pairs, and the false positives on absent pairs, per class column."""
+    classes = class_columns(rows)
     per_class = {c: {"present": [], "absent": 0, "false_positive": 0} for c in classes}
+    every = []
     for row in rows:
         name = Path(row["filename"]).name
-        if name not in present:
-            sys.exit(f"{csv_path}: image {name} is not a test image of the datalist")
-        for index, c in enumerate(classes):
-            dice = float(row[c])
+        if name not in present or len(present[name]) != len(classes):
+            sys.exit(f"{csv_path}: image {name} is not a test image of the datalist with {len(classes)} foreground classes")
+        for c, is_present in zip(classes, present[name]):
+            counts, dice = per_class[c], float(row[c])
             every.append(dice)
-            if present[name][index]:
-                on_present.append(dice)
-                per_class[c]["present"].append(dice)
+            if is_present:
+                counts["present"].append(dice)
             else:
-                per_class[c]["absent"] += 1
-                per_class[c]["false_positive"] += dice < 1.0
-    return {"dice": float(np.mean(every)), "pairs": len(every), "present_dice": float(np.mean(on_present)),
-            "present": len(on_present), "false_positive": sum(v["false_positive"] for v in per_class.values()),
-            "absent": sum(v["absent"] for v in per_class.values()), "per_class": per_class}
+                counts["absent"] += 1
+                counts["false_positive"] += dice < 1.0
+    on_present = [d for counts in per_class.values() for d in counts["present"]]
+    return {"dice": float(np.mean(every)), "present_dice": float(np.mean(on_present)), "present": len(on_present),
+            "false_positive": sum(c["false_positive"] for c in per_class.values()),
+            "absent": len(every) - len(on_present), "per_class": per_class}
 
 
 def _class_cell(label: int, counts: dict) -> str:
@@ -77,8 +83,7 @@ def main() -> None:
             sys.exit(f"{path}: no such file (evaluate the run first)")
         with open(path) as f:
             tables[run] = (list(csv.DictReader(f)), path)
-    num_classes = len([k for k in next(iter(tables.values()))[0][0] if k.startswith("class")]) + 1
-    present = present_classes(args.datalist, num_classes)
+    present = present_classes(args.datalist, len(class_columns(next(iter(tables.values()))[0])) + 1)
     print("| run | Dice | Dice where present (pairs) | absent pairs with false positives | per label: Dice where present, "
           "false positives / absent |")
     print("| --- | --- | --- | --- | --- |")
